@@ -1,0 +1,33 @@
+# Two entry points a new user needs (see README Quickstart): `make demo` and `make test`.
+# Both build the virtualenv from nothing. torch is installed first and pinned to the CPU wheel that this
+# machine has on disk: an unpinned `torch` pulled in by another package would fetch a multi-GB CUDA build.
+PYTHON ?= python3.11
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.metadist-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test bench-data clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# The main job on the embedded default (bundled Omniglot): for now, import it and show a sample episode.
+demo: $(STAMP)
+	$(BIN)/metadist data sample --ways 5 --shots 1 --queries 5 --plot outputs/episode.png
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench-data: $(STAMP)
+	$(BIN)/python bench/data_sampler.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,3 @@
+from metadist.cli import main
+
+raise SystemExit(main())

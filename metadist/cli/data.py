@@ -1,0 +1,196 @@
+"""`metadist data ...`: import, fetch, inspect, verify and sample shard sets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from metadist.config import EpisodeConfig, SplitConfig
+from metadist.data.bundled import SCHEME, cache_dir, resolve_uri
+
+DEFAULT_SAMPLE_URI = f"{SCHEME}omniglot-small1"
+
+
+def add_commands(commands) -> None:
+    data = commands.add_parser("data", help="task shards: import, fetch, info, verify, sample")
+    sub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+
+    imp = sub.add_parser("import", help="turn a data set into a shard set")
+    kinds = imp.add_subparsers(dest="kind", required=True, metavar="KIND")
+    omni = kinds.add_parser("omniglot", help="Omniglot zip files or extracted folders")
+    omni.add_argument("inputs", nargs="+", help="images_background*.zip / images_evaluation.zip or their folders (any fsspec URI)")
+    _add_output_args(omni)
+    omni.add_argument("--image-size", type=int, help="side of the square examples (default 28, the MAML preprocessing)")
+    omni.set_defaults(handler=_import_omniglot)
+
+    folder = kinds.add_parser("folder", help="<root>/<class>/<image> or <root>/<group>/<class>/<image>")
+    folder.add_argument("root", help="folder or zip (any fsspec URI)")
+    _add_output_args(folder)
+    folder.add_argument("--image-size", type=int, nargs="+", default=[84], metavar="SIDE", help="H [W] after resizing (default 84)")
+    folder.add_argument("--mode", choices=["L", "RGB"], default="RGB", help="colour mode (default RGB)")
+    folder.add_argument("--resample", default="bilinear", help="resize filter: nearest, bilinear, bicubic, lanczos, box")
+    folder.add_argument("--store", choices=["tensor", "image"], default="tensor", help="pixels now, or encoded files decoded at load")
+    folder.add_argument("--name", help="data set name for the manifest (default: the folder's name)")
+    folder.set_defaults(handler=_import_folder)
+
+    fetch = sub.add_parser("fetch", help="download a public data set and import it")
+    fetch.add_argument("dataset", choices=["omniglot"])
+    fetch.add_argument("--out", help="shard set URI (default: the local cache)")
+    fetch.add_argument("--download-dir", type=Path, help="where the archives go (default: the local cache)")
+    fetch.add_argument("--base-url", help="mirror of the official location (http(s):// or file://)")
+    fetch.add_argument("--format", choices=["arrow", "parquet"], default="arrow")
+    fetch.add_argument("--overwrite", action="store_true")
+    fetch.set_defaults(handler=_fetch)
+
+    info = sub.add_parser("info", help="summarize a shard set from its manifest")
+    info.add_argument("uri", help="shard set URI or bundled://NAME")
+    info.add_argument("--json", action="store_true", help="print the manifest")
+    info.set_defaults(handler=_info)
+
+    verify = sub.add_parser("verify", help="check every shard's checksum and every class's rows")
+    verify.add_argument("uri")
+    verify.set_defaults(handler=_verify)
+
+    sample = sub.add_parser("sample", help="draw one episode and show it")
+    sample.add_argument("uri", nargs="?", default=DEFAULT_SAMPLE_URI, help=f"shard set (default {DEFAULT_SAMPLE_URI})")
+    for name in EpisodeConfig.model_fields:
+        if name == "rotations":
+            sample.add_argument("--rotations", action="store_true", default=None, help=EpisodeConfig.model_fields[name].description)
+        else:
+            sample.add_argument(f"--{name}", type=int, help=EpisodeConfig.model_fields[name].description)
+    sample.add_argument("--groups", nargs="+", help="sample only these groups")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--step", type=int, default=0)
+    sample.add_argument("--task", type=int, default=0, help="task index within the step")
+    sample.add_argument("--plot", type=Path, help="also save the episode as a PNG grid")
+    sample.set_defaults(handler=_sample)
+
+
+def _add_output_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="shard set URI to create (local, file://, memory://, s3:// ...)")
+    parser.add_argument("--format", choices=["arrow", "parquet"], default="arrow", help="shard file format (default arrow IPC)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing shard set at --out")
+
+
+def _import_omniglot(args) -> None:
+    from dataclasses import replace
+
+    from metadist.data.importers.omniglot import MAML_PREPROCESSING, import_omniglot
+
+    preprocessing = MAML_PREPROCESSING
+    if args.image_size:
+        preprocessing = replace(preprocessing, size=(args.image_size, args.image_size))
+    manifest = import_omniglot(args.inputs, args.out, preprocessing=preprocessing, file_format=args.format, overwrite=args.overwrite)
+    _print_summary(args.out, manifest)
+
+
+def _import_folder(args) -> None:
+    from metadist.data.images import ImagePreprocessing
+    from metadist.data.importers.image_folder import import_image_folder
+
+    size = args.image_size * 2 if len(args.image_size) == 1 else args.image_size[:2]
+    preprocessing = ImagePreprocessing(mode=args.mode, size=tuple(size), resample=args.resample)
+    manifest = import_image_folder(
+        args.root, args.out, preprocessing=preprocessing, store=args.store, name=args.name,
+        file_format=args.format, overwrite=args.overwrite,
+    )
+    _print_summary(args.out, manifest)
+
+
+def _fetch(args) -> None:
+    from metadist.data.fetch import OMNIGLOT_BASE_URL, fetch_omniglot
+
+    out = args.out or str(cache_dir() / "shards" / "omniglot-full")
+    download_dir = args.download_dir or cache_dir() / "downloads" / "omniglot"
+    manifest = fetch_omniglot(download_dir, out, base_url=args.base_url or OMNIGLOT_BASE_URL, overwrite=args.overwrite)
+    _print_summary(out, manifest)
+
+
+def _print_summary(uri: str, manifest) -> None:
+    groups = manifest.groups()
+    print(f"{uri}: {len(manifest.classes)} classes in {len(groups)} groups, {manifest.num_examples} examples, "
+          f"{len(manifest.shards)} {manifest.file_format} shard(s); example {manifest.example_encoding} {list(manifest.example_shape)}")
+
+
+def _info(args) -> None:
+    from metadist.data.shardset import ShardSet
+
+    shards = ShardSet(resolve_uri(args.uri))
+    m = shards.manifest
+    if args.json:
+        print(m.to_json(), end="")
+        return
+    _print_summary(shards.uri, m)
+    print(f"dataset: {json.dumps(m.dataset, ensure_ascii=False)}")
+    print(f"preprocessing: {json.dumps(m.preprocessing)}")
+    counts = np.array([c.count for c in m.classes])
+    print(f"examples per class: min {counts.min()}, median {int(np.median(counts))}, max {counts.max()}")
+    for group, n in m.groups().items():
+        print(f"  {group}: {n} classes")
+
+
+def _verify(args) -> None:
+    from metadist.data.shardset import ShardSet
+
+    shards = ShardSet(resolve_uri(args.uri))
+    shards.verify(progress=True)
+    print(f"{shards.uri}: OK ({len(shards.manifest.shards)} shards, {len(shards.manifest.classes)} classes)")
+
+
+def _sample(args) -> None:
+    from metadist.data.sampler import EpisodeSampler
+    from metadist.data.shardset import ShardSet
+
+    # Only the flags given override the configuration's defaults (defined once, in metadist.config).
+    episode = EpisodeConfig(**{k: getattr(args, k) for k in EpisodeConfig.model_fields if getattr(args, k) is not None})
+    shards = ShardSet(resolve_uri(args.uri))
+    sampler = EpisodeSampler(shards, episode, split=SplitConfig(groups=args.groups), seed=args.seed)
+    batch = sampler.sample(args.step, [args.task])
+    names = [
+        shards.manifest.classes[int(c)].name + (f" rotated {int(r) * 90}°" if r else "")
+        for c, r in zip(batch.class_index[0], batch.quarter_turns[0])
+    ]
+    print(f"episode (seed {args.seed}, step {args.step}, task {args.task}) from {shards.uri}")
+    print(f"  {episode.ways}-way {episode.shots}-shot, {episode.queries} queries per class; "
+          f"support_x {list(batch.support_x.shape)}, query_x {list(batch.query_x.shape)}")
+    for label, name in enumerate(names):
+        print(f"  label {label}: {name}")
+    print(_ascii_row(batch.support_x[0, :: episode.shots][:, 0].numpy()))
+    if args.plot:
+        _save_grid(batch, episode, args.plot)
+        print(f"saved {args.plot}")
+
+
+def _ascii_row(images: np.ndarray, width: int = 14) -> str:
+    """One support image per class, side by side, as characters (2×2 pixels per character)."""
+    h, w = images.shape[1:]
+    step = max(1, w // width)
+    rows = []
+    for y in range(0, h, 2 * step):
+        line = []
+        for img in images:
+            cells = img[y : y + 2 * step, :].reshape(-1, w)
+            line.append("".join(" .:#"[min(3, int(cells[:, x : x + step].max() * 4))] for x in range(0, w, step)))
+        rows.append("  " + "  ".join(line))
+    return "\n".join(rows)
+
+
+def _save_grid(batch, episode: EpisodeConfig, path: Path) -> None:
+    """Rows are classes: the support examples, a gap, then the queries."""
+    from PIL import Image
+
+    n, k, q = episode.ways, episode.shots, episode.queries
+    c, h, w = batch.support_x.shape[2:]
+    pad = 2
+    grid = np.full((n * (h + pad), (k + q + 1) * (w + pad), c), 255, np.uint8)
+    support = batch.support_x[0].reshape(n, k, c, h, w).numpy()
+    query = batch.query_x[0].reshape(n, q, c, h, w).numpy()
+    for i in range(n):
+        for j, img in enumerate(list(support[i]) + [None] + list(query[i])):
+            if img is not None:
+                grid[i * (h + pad) : i * (h + pad) + h, j * (w + pad) : j * (w + pad) + w] = (img.transpose(1, 2, 0) * 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid.squeeze(-1) if c == 1 else grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(path)

@@ -1,0 +1,61 @@
+"""The one typed configuration model. Defaults are written here once, each with the reason for it.
+
+Job files (YAML) are parsed into these models; the resolved configuration is printed into every run and saved
+in every checkpoint. Library code takes these models (or their fields) and holds no defaults of its own.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    # A misspelled key is an error that names it, never a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EpisodeConfig(_Strict):
+    """The shape of one few-shot classification episode (N-way K-shot, Q queries per class)."""
+
+    ways: int = Field(5, ge=1, description="classes per episode (N); 5 and 20 are the Omniglot benchmarks")
+    shots: int = Field(1, ge=1, description="support examples per class (K)")
+    queries: int = Field(5, ge=1, description="query examples per class (Q); 5 keeps 1-shot episodes cheap")
+    rotations: bool = Field(
+        False, description="treat each 90° rotation of a class as a new class (the Omniglot convention)"
+    )
+
+
+class SplitConfig(_Strict):
+    """Which classes of a shard set an episode may draw from."""
+
+    groups: list[str] | None = Field(None, description="keep only these groups (alphabets, domains ...); None keeps all")
+    exclude_groups: list[str] = Field(default_factory=list, description="drop these groups")
+    classes: list[str] | None = Field(None, description="keep only these class names; None keeps all")
+
+
+class TaskSourceConfig(_Strict):
+    """A shard set and the class split to sample from it."""
+
+    uri: str = Field(description="shard set URI (local path, file://, memory://, s3:// ...) or bundled://NAME")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    cache_mb: float = Field(
+        512, gt=0, description="decoded-class cache per process; all of Omniglot at 28×28 needs about 26 MB"
+    )
+    max_open_shards: int = Field(8, ge=1, description="shard files kept open per process; bounds memory maps")
+    storage_options: dict = Field(default_factory=dict, description="fsspec options (endpoint_url, key ...)")
+
+
+class RegressionConfig(_Strict):
+    """A generated regression task family, sampled on the fly (no shards)."""
+
+    family: str = Field("sinusoid", description="'sinusoid' (MAML's) or 'linear'")
+    shots: int = Field(5, ge=1, description="support points per task (K); the MAML paper reports K = 5, 10")
+    queries: int = Field(10, ge=1, description="query points per task")
+
+    @model_validator(mode="after")
+    def _known_family(self) -> "RegressionConfig":
+        from metadist.data.regression import FAMILIES
+
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {self.family!r}")
+        return self

@@ -1,0 +1,40 @@
+"""The data layer: Arrow task shards on any fsspec URI, importers, and streaming episodic samplers.
+
+>>> from metadist.data import ShardSet, EpisodeSampler, resolve_uri
+>>> shards = ShardSet(resolve_uri("bundled://omniglot-small1"))
+>>> batch = EpisodeSampler(shards, EpisodeConfig(ways=5), seed=0).sample(step=0, task_indices=range(32))
+"""
+
+from metadist.data.bundled import SMALL2_NEW_ALPHABETS, ensure_bundled, resolve_uri
+from metadist.data.episodes import ClassificationBatch, RegressionBatch
+from metadist.data.images import ImagePreprocessing
+from metadist.data.importers import MAML_PREPROCESSING, import_image_folder, import_omniglot
+from metadist.data.manifest import ClassInfo, Manifest, ShardInfo
+from metadist.data.prefetch import Prefetcher
+from metadist.data.regression import FAMILIES, LinearTasks, RegressionSampler, SinusoidTasks
+from metadist.data.sampler import EpisodeSampler
+from metadist.data.shardset import ShardSet
+from metadist.data.writer import ShardSetWriter
+
+__all__ = [
+    "FAMILIES",
+    "MAML_PREPROCESSING",
+    "SMALL2_NEW_ALPHABETS",
+    "ClassInfo",
+    "ClassificationBatch",
+    "EpisodeSampler",
+    "ImagePreprocessing",
+    "LinearTasks",
+    "Manifest",
+    "Prefetcher",
+    "RegressionBatch",
+    "RegressionSampler",
+    "ShardInfo",
+    "ShardSet",
+    "ShardSetWriter",
+    "SinusoidTasks",
+    "ensure_bundled",
+    "import_image_folder",
+    "import_omniglot",
+    "resolve_uri",
+]

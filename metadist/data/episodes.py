@@ -1,0 +1,62 @@
+"""Batches of episodes, stacked so that one vmapped call adapts all T tasks at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+
+@dataclass
+class _Batch:
+    def to(self, device: torch.device | str, non_blocking: bool = False):
+        return type(self)(
+            **{
+                f.name: (v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
+                for f in fields(self)
+                for v in [getattr(self, f.name)]
+            }
+        )
+
+    def pin_memory(self):
+        return type(self)(**{f.name: (v.pin_memory() if isinstance(v, torch.Tensor) else v) for f in fields(self) for v in [getattr(self, f.name)]})
+
+    def __len__(self) -> int:
+        return self.support_x.shape[0]
+
+
+@dataclass
+class ClassificationBatch(_Batch):
+    """T N-way K-shot episodes with Q queries per class; examples are ordered class by class.
+
+    support_x [T, N·K, C, H, W] float32 in [0, 1]   support_y [T, N·K] int64 in [0, N)
+    query_x   [T, N·Q, C, H, W]                      query_y   [T, N·Q]
+    class_index [T, N]    each label's class, as an index into the shard set's manifest
+    quarter_turns [T, N]  each label's rotation (0-3 quarter turns; a rotated class is a class of its own)
+    task_indices [T]
+    """
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+    class_index: torch.Tensor
+    quarter_turns: torch.Tensor
+    task_indices: torch.Tensor
+    step: int
+
+
+@dataclass
+class RegressionBatch(_Batch):
+    """T regression tasks: support_x [T, K, 1], support_y [T, K, 1], query_x [T, Q, 1], query_y [T, Q, 1].
+
+    task_params [T, P] holds each task's generating parameters (amplitude and phase for the sinusoid).
+    """
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+    task_params: torch.Tensor
+    task_indices: torch.Tensor
+    step: int

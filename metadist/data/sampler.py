@@ -1,0 +1,115 @@
+"""N-way K-shot Q-query episodes from a shard set, deterministic in (seed, step, task index).
+
+>>> sampler = EpisodeSampler(ShardSet(uri), EpisodeConfig(ways=5, shots=1, queries=5), seed=0)
+>>> batch = sampler.sample(step=0, task_indices=range(32))   # ClassificationBatch, T = 32
+
+The same (seed, step, task index) gives the same episode whichever process asks, in whatever order, alone or
+in a batch: the basis of reproducible distributed runs (the trainer assigns task indices, not workers).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from metadist.config import EpisodeConfig, SplitConfig
+from metadist.data import rng
+from metadist.data.cache import ClassCache
+from metadist.data.episodes import ClassificationBatch
+from metadist.data.shardset import ShardSet
+from metadist.data.splits import select_classes
+from metadist.errors import EpisodeError
+
+ROTATIONS = 4  # quarter turns: with rotation augmentation each class becomes four
+
+
+class EpisodeSampler:
+    def __init__(
+        self,
+        shards: ShardSet,
+        episode: EpisodeConfig,
+        *,
+        split: SplitConfig | None = None,
+        seed: int,
+        cache_mb: float = 512,
+    ) -> None:
+        self.shards = shards
+        self.episode = episode
+        self.seed = int(seed)
+        manifest = shards.manifest
+        self.classes = select_classes(manifest, split or SplitConfig(), where=shards.uri)
+        per_class = episode.shots + episode.queries
+        for index in self.classes:
+            info = manifest.classes[index]
+            if info.count < per_class:
+                raise EpisodeError(
+                    f"{shards.uri}: class {info.name!r} has {info.count} examples, fewer than "
+                    f"shots + queries = {episode.shots} + {episode.queries}"
+                )
+        _, height, width = manifest.example_shape
+        if episode.rotations and height != width:
+            raise EpisodeError(f"{shards.uri}: episode.rotations needs square examples, these are {height}×{width}")
+        self.pool = len(self.classes) * (ROTATIONS if episode.rotations else 1)
+        if episode.ways > self.pool:
+            raise EpisodeError(
+                f"{shards.uri}: episode.ways = {episode.ways} but the split has only {self.pool} classes"
+                + (" (rotations included)" if episode.rotations else "")
+            )
+        self.counts = np.array([manifest.classes[i].count for i in self.classes], dtype=np.int64)
+        self.cache = ClassCache(shards, self.classes, cache_mb)
+        n, k, q = episode.ways, episode.shots, episode.queries
+        self._support_y = torch.arange(n).repeat_interleave(k)
+        self._query_y = torch.arange(n).repeat_interleave(q)
+
+    def plan(self, step: int, task_indices) -> tuple[np.ndarray, np.ndarray]:
+        """The episode choices without any pixels: virtual class ids [T, N] and example rows [T, N, K+Q]."""
+        tasks = np.asarray(task_indices, dtype=np.int64).reshape(-1)
+        n, per_class = self.episode.ways, self.episode.shots + self.episode.queries
+        u_classes = rng.uniform(self.seed, step, tasks, rng.STREAM_CLASSES, (2 * n,))
+        virtual = rng.choose_distinct(u_classes, self.pool)  # [T, N]
+        base = virtual // ROTATIONS if self.episode.rotations else virtual
+        u_examples = rng.uniform(self.seed, step, tasks, rng.STREAM_EXAMPLES, (n, 2 * per_class))
+        rows = rng.choose_distinct(u_examples, self.counts[base])  # [T, N, K+Q]
+        return virtual, rows
+
+    def sample(self, step: int, task_indices) -> ClassificationBatch:
+        tasks = np.asarray(task_indices, dtype=np.int64).reshape(-1)
+        virtual, rows = self.plan(step, tasks)
+        if self.episode.rotations:
+            base, quarter_turns = virtual // ROTATIONS, virtual % ROTATIONS
+        else:
+            base, quarter_turns = virtual, np.zeros_like(virtual)
+        class_index = self.classes[base]  # manifest indices [T, N]
+        unique, inverse = np.unique(class_index, return_inverse=True)
+        if len(unique) <= self.cache.slots:
+            pixels = self._gather(unique, inverse.reshape(class_index.shape), rows)
+        else:  # more distinct classes than the cache holds at once: gather task by task
+            pixels = torch.cat([self._gather(*self._unique(class_index[t : t + 1]), rows[t : t + 1]) for t in range(len(tasks))])
+        x = pixels.to(torch.float32).div_(255)  # [T, N, K+Q, C, H, W]
+        if self.episode.rotations:
+            turns = torch.from_numpy(quarter_turns)
+            for k in range(1, ROTATIONS):
+                mask = turns == k
+                if mask.any():
+                    x[mask] = torch.rot90(x[mask], k, dims=(-2, -1))
+        t, n, k, q = len(tasks), self.episode.ways, self.episode.shots, self.episode.queries
+        shape = x.shape[3:]
+        return ClassificationBatch(
+            support_x=x[:, :, :k].reshape(t, n * k, *shape),
+            support_y=self._support_y.expand(t, -1).clone(),
+            query_x=x[:, :, k:].reshape(t, n * q, *shape),
+            query_y=self._query_y.expand(t, -1).clone(),
+            class_index=torch.from_numpy(class_index),
+            quarter_turns=torch.from_numpy(quarter_turns),
+            task_indices=torch.from_numpy(tasks),
+            step=int(step),
+        )
+
+    @staticmethod
+    def _unique(class_index: np.ndarray):
+        unique, inverse = np.unique(class_index, return_inverse=True)
+        return unique, inverse.reshape(class_index.shape)
+
+    def _gather(self, unique: np.ndarray, inverse: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+        slots = self.cache.ensure(unique)[inverse]  # [T, N]
+        return self.cache.arena[torch.from_numpy(slots)[..., None], torch.from_numpy(rows)]

@@ -1,0 +1,21 @@
+"""Errors a person can act on: each names the file, field or class at fault."""
+
+
+class MetadistError(Exception):
+    """Base class; the CLI prints these without a traceback."""
+
+
+class ShardError(MetadistError):
+    """A shard set (manifest or shard file) is missing, corrupted or of the wrong schema."""
+
+
+class DataImportError(MetadistError):
+    """An importer could not read its input (a file, an image, a layout)."""
+
+
+class EpisodeError(MetadistError):
+    """An episode cannot be sampled as asked (too few classes or examples)."""
+
+
+class ConfigError(MetadistError):
+    """A configuration value is invalid; the message names the field."""

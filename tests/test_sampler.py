@@ -1,0 +1,140 @@
+"""EpisodeSampler: shapes, labels, determinism, splits, rotations, cache budget."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from metadist.config import EpisodeConfig, SplitConfig
+from metadist.data import SMALL2_NEW_ALPHABETS, EpisodeSampler, ShardSet
+from metadist.data import rng
+
+
+@pytest.fixture(scope="module")
+def shards(small1_uri):
+    return ShardSet(small1_uri)
+
+
+def test_rng_choose_distinct_is_distinct_in_range_and_covers_population():
+    u = rng.uniform(7, 3, np.arange(2000), stream=1, shape=(10,))
+    chosen = rng.choose_distinct(u, 12)
+    assert chosen.shape == (2000, 5)
+    assert ((chosen >= 0) & (chosen < 12)).all()
+    assert all(len(set(row)) == 5 for row in chosen)
+    # uniform over the population and over positions (Floyd's set order is shuffled by the second half of u)
+    counts = np.bincount(chosen.ravel(), minlength=12)
+    assert counts.min() > 0.8 * counts.mean()
+    first = np.bincount(chosen[:, 0], minlength=12)
+    assert first.min() > 0.6 * first.mean()
+
+
+def test_rng_is_a_pure_function_of_its_counters():
+    a = rng.uniform(1, 2, np.array([5, 9]), stream=3, shape=(4,))
+    b = rng.uniform(1, 2, np.array([9]), stream=3, shape=(4,))
+    assert np.array_equal(a[1], b[0])
+    assert not np.array_equal(a, rng.uniform(1, 3, np.array([5, 9]), stream=3, shape=(4,)))
+    assert not np.array_equal(a, rng.uniform(1, 2, np.array([5, 9]), stream=4, shape=(4,)))
+
+
+@pytest.mark.parametrize("ways,shots,queries", [(5, 1, 5), (20, 1, 5), (5, 5, 3)])
+def test_batch_shapes_and_labels(shards, ways, shots, queries):
+    sampler = EpisodeSampler(shards, EpisodeConfig(ways=ways, shots=shots, queries=queries), seed=0)
+    batch = sampler.sample(step=0, task_indices=range(4))
+    assert batch.support_x.shape == (4, ways * shots, 1, 28, 28)
+    assert batch.query_x.shape == (4, ways * queries, 1, 28, 28)
+    assert batch.support_x.dtype == torch.float32 and 0 <= batch.support_x.min() and batch.support_x.max() <= 1
+    assert torch.equal(batch.support_y[0], torch.arange(ways).repeat_interleave(shots))
+    assert torch.equal(batch.query_y[0], torch.arange(ways).repeat_interleave(queries))
+    assert batch.class_index.shape == batch.quarter_turns.shape == (4, ways)
+    assert all(len(set(row.tolist())) == ways for row in batch.class_index)
+    assert (batch.quarter_turns == 0).all()
+    assert len(batch) == 4
+
+
+def test_episode_examples_match_their_class_and_support_query_are_disjoint(shards):
+    episode = EpisodeConfig(ways=5, shots=2, queries=3)
+    sampler = EpisodeSampler(shards, episode, seed=3)
+    batch = sampler.sample(step=1, task_indices=[0])
+    for label, class_index in enumerate(batch.class_index[0].tolist()):
+        stored = torch.from_numpy(shards.read_class(class_index).astype(np.float32) / 255)
+        support = batch.support_x[0][batch.support_y[0] == label]
+        query = batch.query_x[0][batch.query_y[0] == label]
+        rows = [int(torch.nonzero((stored == img).flatten(1).all(1))[0]) for img in torch.cat([support, query])]
+        assert len(set(rows)) == len(rows), "an example was drawn twice within one class"
+
+
+def test_episode_is_the_same_whoever_asks_and_in_whatever_order(shards, small1_uri):
+    episode = EpisodeConfig(ways=5, shots=1, queries=5, rotations=True)
+    a = EpisodeSampler(shards, episode, seed=11).sample(step=7, task_indices=range(8))
+    # another process: its own ShardSet and a tiny cache; tasks asked for one by one, in reverse order
+    b_sampler = EpisodeSampler(ShardSet(small1_uri), episode, seed=11, cache_mb=0.1)
+    for t in reversed(range(8)):
+        b = b_sampler.sample(step=7, task_indices=[t])
+        assert torch.equal(a.support_x[t], b.support_x[0]) and torch.equal(a.query_x[t], b.query_x[0])
+        assert torch.equal(a.class_index[t], b.class_index[0]) and torch.equal(a.quarter_turns[t], b.quarter_turns[0])
+
+
+def test_steps_tasks_and_seeds_give_different_episodes(shards):
+    sampler = EpisodeSampler(shards, EpisodeConfig(), seed=0)
+    base = sampler.sample(0, [0]).class_index
+    assert not torch.equal(base, sampler.sample(1, [0]).class_index)
+    assert not torch.equal(base, sampler.sample(0, [1]).class_index)
+    assert not torch.equal(base, EpisodeSampler(shards, EpisodeConfig(), seed=1).sample(0, [0]).class_index)
+
+
+def test_rotation_classes_are_rotated_copies(shards):
+    sampler = EpisodeSampler(shards, EpisodeConfig(ways=20, shots=1, queries=1, rotations=True), seed=5)
+    batch = sampler.sample(0, range(4))
+    assert set(batch.quarter_turns.flatten().tolist()) == {0, 1, 2, 3}
+    for t in range(4):
+        for label in range(20):
+            stored = torch.from_numpy(shards.read_class(int(batch.class_index[t, label])).astype(np.float32) / 255)
+            rotated = torch.rot90(stored, int(batch.quarter_turns[t, label]), dims=(-2, -1))
+            img = batch.support_x[t, label]
+            assert (rotated == img).flatten(1).all(1).any(), "support image is not a rotation of its class"
+
+
+def test_development_protocol_split_draws_only_new_alphabets(small2_uri):
+    shards = ShardSet(small2_uri)
+    split = SplitConfig(groups=list(SMALL2_NEW_ALPHABETS))
+    sampler = EpisodeSampler(shards, EpisodeConfig(ways=20), split=split, seed=0)
+    assert len(sampler.classes) == 106
+    ids = sampler.sample(0, range(50)).class_index.flatten().tolist()
+    assert {shards.manifest.classes[i].group for i in ids} <= set(SMALL2_NEW_ALPHABETS)
+
+
+def test_class_and_exclude_splits(shards):
+    names = [c.name for c in shards.manifest.classes if c.group == "Greek"][:6]
+    sampler = EpisodeSampler(shards, EpisodeConfig(ways=5), split=SplitConfig(classes=names), seed=0)
+    assert sorted(shards.manifest.classes[i].name for i in sampler.classes) == sorted(names)
+    excluded = EpisodeSampler(shards, EpisodeConfig(), split=SplitConfig(exclude_groups=["Korean"]), seed=0)
+    assert all(shards.manifest.classes[i].group != "Korean" for i in excluded.classes)
+
+
+def test_cache_respects_its_budget_and_evicts(small1_uri):
+    shards = ShardSet(small1_uri)
+    class_bytes = 20 * 28 * 28
+    sampler = EpisodeSampler(shards, EpisodeConfig(ways=5), seed=0, cache_mb=12 * class_bytes / 2**20)
+    assert sampler.cache.slots == 12
+    assert sampler.cache.arena.numel() == 12 * class_bytes
+    full = EpisodeSampler(ShardSet(small1_uri), EpisodeConfig(ways=5), seed=0)
+    for step in range(20):
+        a, b = sampler.sample(step, range(2)), full.sample(step, range(2))
+        assert torch.equal(a.support_x, b.support_x) and torch.equal(a.query_x, b.query_x)
+    assert sampler.cache.loads > 12  # it had to evict and reload
+
+
+def test_batch_with_more_classes_than_cache_slots_is_gathered_task_by_task(small1_uri):
+    shards = ShardSet(small1_uri)
+    tight = EpisodeSampler(shards, EpisodeConfig(ways=5), seed=2, cache_mb=6 * 20 * 784 / 2**20)
+    roomy = EpisodeSampler(shards, EpisodeConfig(ways=5), seed=2)
+    assert torch.equal(tight.sample(0, range(16)).query_x, roomy.sample(0, range(16)).query_x)
+
+
+def test_class_frequencies_are_uniform(shards):
+    sampler = EpisodeSampler(shards, EpisodeConfig(ways=5), seed=0)
+    virtual, _ = sampler.plan(0, np.arange(20000))
+    counts = np.bincount(virtual.ravel(), minlength=sampler.pool)
+    expected = 20000 * 5 / sampler.pool
+    assert abs(counts.mean() - expected) < 1e-9 and counts.min() > 0.75 * expected and counts.max() < 1.25 * expected
