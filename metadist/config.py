@@ -59,3 +59,48 @@ class RegressionConfig(_Strict):
         if self.family not in FAMILIES:
             raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {self.family!r}")
         return self
+
+
+class ModelConfig(_Strict):
+    """The network: conv-4 for images, the 2×40 MLP for regression."""
+
+    name: str = Field("conv4", description="'conv4' (images) or 'mlp' (regression)")
+    hidden: int | None = Field(
+        None, ge=1, description="conv-4 filters / MLP width; None = the literature's (64 at 28×28, 32 at 84×84, 40 for the MLP)"
+    )
+    downsample: str | None = Field(
+        None, description="conv4: 'stride' or 'maxpool'; None = the MAML code's (stride at ≤ 32 px, max-pool above)"
+    )
+    batch_norm: str = Field(
+        "transductive",
+        description="'transductive' (batch statistics at train and test, as in the MAML papers) or 'none'",
+    )
+
+    @model_validator(mode="after")
+    def _known(self) -> "ModelConfig":
+        if self.name not in ("conv4", "mlp"):
+            raise ValueError(f"name must be 'conv4' or 'mlp', got {self.name!r}")
+        if self.downsample not in (None, "stride", "maxpool"):
+            raise ValueError(f"downsample must be 'stride' or 'maxpool', got {self.downsample!r}")
+        if self.batch_norm not in ("transductive", "none"):
+            raise ValueError(f"batch_norm must be 'transductive' or 'none', got {self.batch_norm!r}")
+        return self
+
+
+ALGORITHMS = ("maml", "fomaml", "reptile", "model_averaging", "anil", "metasgd", "protonet", "matching", "siamese")
+
+
+class AlgorithmConfig(_Strict):
+    """The meta-learning algorithm and its inner loop (ignored by the metric learners, which do not adapt weights)."""
+
+    name: str = Field("maml", description=f"one of {ALGORITHMS}")
+    inner_lr: float = Field(0.4, gt=0, description="inner SGD step; 0.4 is MAML's Omniglot value (0.01 for sinusoids)")
+    inner_steps: int = Field(1, ge=1, description="inner steps while meta-training; MAML uses 1 on 5-way Omniglot")
+    eval_inner_steps: int = Field(3, ge=0, description="inner steps at evaluation; MAML evaluates Omniglot with 3")
+    matching_fce: bool = Field(False, description="Matching Networks: full-context embeddings (LSTMs over the support set)")
+
+    @model_validator(mode="after")
+    def _known(self) -> "AlgorithmConfig":
+        if self.name not in ALGORITHMS:
+            raise ValueError(f"name must be one of {ALGORITHMS}, got {self.name!r}")
+        return self

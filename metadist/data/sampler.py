@@ -57,6 +57,11 @@ class EpisodeSampler:
             )
         self.counts = np.array([manifest.classes[i].count for i in self.classes], dtype=np.int64)
         self.cache = ClassCache(shards, self.classes, cache_mb)
+        if self.cache.slots < min(episode.ways, len(self.classes)):
+            raise EpisodeError(
+                f"{shards.uri}: cache_mb={cache_mb} holds {self.cache.slots} class(es) but one episode may need "
+                f"{min(episode.ways, len(self.classes))} (episode.ways); raise cache_mb"
+            )
         n, k, q = episode.ways, episode.shots, episode.queries
         self._support_y = torch.arange(n).repeat_interleave(k)
         self._query_y = torch.arange(n).repeat_interleave(q)

@@ -1,0 +1,11 @@
+"""Meta-learning algorithms as pure functions of (meta-parameters, batch of episodes), built on torch.func.
+
+Each learner returns the update a worker would send (a summed query-loss gradient or Reptile delta, with
+metrics) and adapts/predicts for evaluation. No Ray, no I/O, no global state: the distributed workers call
+exactly these functions.
+"""
+
+from metadist.algorithms.base import MetaLearner, Update
+from metadist.algorithms.registry import LEARNERS, METRIC_LEARNERS, build_learner
+
+__all__ = ["LEARNERS", "METRIC_LEARNERS", "MetaLearner", "Update", "build_learner"]

@@ -1,0 +1,108 @@
+"""The interface every learner implements, and what a worker sends to the parameter server.
+
+A learner is configuration plus pure functions of (meta-parameters, batch of episodes). It holds no
+parameters and no optimizer: those live in one place (the local trainer's loop or the parameter server).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+from torch.func import vmap
+
+from metadist.algorithms.functional import Forward, Params, accuracy, make_forward, task_loss
+
+
+@dataclass
+class Update:
+    """One worker's contribution to an outer step, summed (not averaged) over its tasks so updates add up.
+
+    kind "gradient": the outer optimizer descends along tensors / num_tasks.
+    kind "delta":    the meta-parameters move towards θ + tensors / num_tasks (Reptile); the optimizer is
+                     handed −delta as its gradient.
+    metrics: sums over tasks too (divide by num_tasks for the mean).
+    """
+
+    kind: str
+    tensors: Params
+    num_tasks: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def __add__(self, other: "Update") -> "Update":
+        if other.kind != self.kind:
+            raise ValueError(f"cannot add a {other.kind!r} update to a {self.kind!r} one")
+        return Update(
+            kind=self.kind,
+            tensors={k: v + other.tensors[k] for k, v in self.tensors.items()},
+            num_tasks=self.num_tasks + other.num_tasks,
+            metrics={k: v + other.metrics.get(k, 0.0) for k, v in self.metrics.items()},
+        )
+
+    def as_gradient(self) -> Params:
+        """The mean pseudo-gradient the outer optimizer applies."""
+        sign = 1.0 if self.kind == "gradient" else -1.0
+        return {k: sign * v / self.num_tasks for k, v in self.tensors.items()}
+
+
+class MetaLearner(ABC):
+    """A meta-learning algorithm over a model template. Subclasses implement `compute_update`, `adapt`, `predict`.
+
+    All methods take a batch of T tasks (leading dimension) and map over it with vmap; none mutates its inputs.
+    """
+
+    name: str = ""
+    adapts_weights: bool = True  # False for the metric learners, which have no "before adaptation"
+
+    def __init__(self, model: torch.nn.Module, kind: str, *, inner_lr: float, inner_steps: int, eval_inner_steps: int) -> None:
+        self.model = model
+        self.kind = kind
+        self.loss = task_loss(kind)
+        self.forward: Forward = make_forward(model)
+        self.inner_lr = inner_lr
+        self.inner_steps = inner_steps
+        self.eval_inner_steps = eval_inner_steps
+
+    # -- parameters ------------------------------------------------------------------------------------------
+    def init_meta_params(self) -> Params:
+        """The meta-parameters to learn: the model's, plus anything the algorithm learns besides (Meta-SGD)."""
+        return {name: p.detach().clone() for name, p in self.model.named_parameters()}
+
+    def model_params(self, meta_params: Params) -> Params:
+        """The subset of meta_params that the model's forward takes."""
+        return {k: v for k, v in meta_params.items() if not k.startswith("lr.")}
+
+    # -- learning --------------------------------------------------------------------------------------------
+    @abstractmethod
+    def compute_update(self, meta_params: Params, batch) -> Update:
+        """The update this batch of tasks asks for, with its metrics."""
+
+    @abstractmethod
+    def adapt(self, meta_params: Params, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> Params:
+        """Task-specific state from each task's support set: [T, ...] tensors (adapted weights, prototypes ...)."""
+
+    @abstractmethod
+    def predict(self, meta_params: Params, adapted: Params, query_x: torch.Tensor) -> torch.Tensor:
+        """Logits [T, Q, N] (or regression outputs [T, Q, 1]) for each task's queries."""
+
+    # -- evaluation ------------------------------------------------------------------------------------------
+    def evaluate(self, meta_params: Params, batch, steps: int | None = None) -> dict[str, torch.Tensor]:
+        """Per-task query loss (and accuracy) after adaptation, and before it for weight-adapting learners: [T]."""
+        # torch.func.grad ignores an outer no_grad, so inner loops still adapt; nothing else builds a graph.
+        with torch.no_grad():
+            adapted = self.adapt(meta_params, batch.support_x, batch.support_y, steps)
+            out = self.predict(meta_params, adapted, batch.query_x)
+        metrics = self._per_task_metrics(out, batch.query_y, "after")
+        if self.adapts_weights:
+            with torch.no_grad():
+                before = vmap(self.forward, in_dims=(None, 0))(self.model_params(meta_params), batch.query_x)
+            metrics.update(self._per_task_metrics(before, batch.query_y, "before"))
+        return metrics
+
+    def _per_task_metrics(self, out: torch.Tensor, y: torch.Tensor, when: str) -> dict[str, torch.Tensor]:
+        losses = vmap(self.loss)(out, y)
+        metrics = {f"loss_{when}": losses}
+        if self.kind == "classification":
+            metrics[f"accuracy_{when}"] = vmap(accuracy)(out, y)
+        return metrics
