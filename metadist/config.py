@@ -104,3 +104,21 @@ class AlgorithmConfig(_Strict):
         if self.name not in ALGORITHMS:
             raise ValueError(f"name must be one of {ALGORITHMS}, got {self.name!r}")
         return self
+
+
+class OptimizerConfig(_Strict):
+    """The outer (meta) optimizer, applied to the mean of the workers' updates."""
+
+    name: str = Field("adam", description="'adam' (MAML's choice) or 'sgd'")
+    lr: float = Field(1e-3, gt=0, description="outer step; MAML uses Adam at 1e-3 on Omniglot")
+    schedule: str = Field("constant", description="'constant' or 'cosine' (to 0 over the run's steps)")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps before the schedule")
+    clip_norm: float | None = Field(10.0, gt=0, description="clip the update's global L2 norm; None disables")
+
+    @model_validator(mode="after")
+    def _known(self) -> "OptimizerConfig":
+        if self.name not in ("adam", "sgd"):
+            raise ValueError(f"name must be 'adam' or 'sgd', got {self.name!r}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        return self

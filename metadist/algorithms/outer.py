@@ -1,0 +1,86 @@
+"""The outer loop's optimizer: owns the meta-parameters and applies summed worker updates to them.
+
+The local trainer and the parameter server both hold one of these; nothing else changes meta-parameters.
+An update with a NaN or Inf anywhere is skipped and counted, never applied.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from metadist.algorithms.base import Update
+from metadist.algorithms.functional import Params, all_finite
+from metadist.config import OptimizerConfig
+
+
+@dataclass(frozen=True)
+class StepResult:
+    applied: bool
+    lr: float
+    update_norm: float  # before clipping
+
+
+class MetaOptimizer:
+    def __init__(self, meta_params: Params, config: OptimizerConfig, *, total_steps: int, fixed_lr: float | None = None) -> None:
+        """fixed_lr: plain SGD at this step with no schedule or clipping (the model-averaging learner's θ ← mean θ')."""
+        self.config = config
+        self.total_steps = total_steps
+        self.fixed_lr = fixed_lr
+        self.params = {k: v.detach().clone().requires_grad_(True) for k, v in meta_params.items()}
+        tensors = list(self.params.values())
+        if fixed_lr is not None:
+            self.optimizer = torch.optim.SGD(tensors, lr=fixed_lr)
+        elif config.name == "adam":
+            self.optimizer = torch.optim.Adam(tensors, lr=config.lr)
+        else:
+            self.optimizer = torch.optim.SGD(tensors, lr=config.lr)
+        self.step_count = 0  # outer steps applied
+        self.skipped = 0  # updates refused for NaN/Inf
+
+    def lr_at(self, step: int) -> float:
+        if self.fixed_lr is not None:
+            return self.fixed_lr
+        c = self.config
+        if step < c.warmup_steps:
+            return c.lr * (step + 1) / c.warmup_steps
+        if c.schedule == "cosine":
+            span = max(1, self.total_steps - c.warmup_steps)
+            return 0.5 * c.lr * (1 + math.cos(math.pi * min(1.0, (step - c.warmup_steps) / span)))
+        return c.lr
+
+    def apply(self, update: Update) -> StepResult:
+        gradient = update.as_gradient()
+        lr = self.lr_at(self.step_count)
+        if not all_finite(gradient):
+            self.skipped += 1
+            return StepResult(applied=False, lr=lr, update_norm=float("nan"))
+        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in gradient.values()])))
+        scale = 1.0
+        if self.fixed_lr is None and self.config.clip_norm is not None and norm > self.config.clip_norm:
+            scale = self.config.clip_norm / (norm + 1e-12)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        for name, p in self.params.items():
+            p.grad = gradient[name] * scale
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step_count += 1
+        return StepResult(applied=True, lr=lr, update_norm=norm)
+
+    def meta_params(self) -> Params:
+        """A detached snapshot to hand to learners (and workers)."""
+        return {k: v.detach().clone() for k, v in self.params.items()}
+
+    def state_dict(self) -> dict:
+        return {"params": self.meta_params(), "optimizer": self.optimizer.state_dict(), "step_count": self.step_count, "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for k, v in state["params"].items():
+                self.params[k].copy_(v)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step_count = int(state["step_count"])
+        self.skipped = int(state["skipped"])
