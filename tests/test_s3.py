@@ -239,7 +239,9 @@ def test_episodes_from_s3_equal_episodes_from_local_disk(fmt, synthetic_zip, loc
         for step in (0, 3):
             assert_same_batches(a.sample(step, range(6)), b.sample(step, range(6)))
         # a second remote process with a tiny cache, asking task by task: still the same episodes
-        c = EpisodeSampler(ShardSet(f"s3://{prefix}", storage_options=storage_options), episode, split=split, seed=7, cache_mb=0.01)
+        just_enough = episode.ways * 20 * 28 * 28 / 2**20  # one episode's classes, no more
+        c = EpisodeSampler(ShardSet(f"s3://{prefix}", storage_options=storage_options), episode, split=split, seed=7, cache_mb=just_enough)
+        assert c.cache.slots == episode.ways
         batch = a.sample(5, [2, 4])
         for i, task in enumerate([2, 4]):
             one = c.sample(5, [task])
@@ -286,7 +288,8 @@ def test_existing_s3_shard_set_is_kept_without_overwrite_and_replaced_with_it(sy
     other = _omniglot_zip(tmp_path / "other.zip", "images_evaluation", {"Gamma": 2}, seed=1000)
     manifest = import_omniglot([str(other)], uri, file_format="parquet", overwrite=True, storage_options=storage_options, progress=False)
     after = _s3_files(s3, prefix)
-    assert sorted(after) == ["manifest.json", "shard-00000.parquet"]  # the old arrow shard is gone
+    assert sorted(after) == sorted(["manifest.json", *(s.path for s in manifest.shards)])  # the old shards are gone
+    assert all(name.endswith(".parquet") for name in after if name != "manifest.json")
     shards = ShardSet(uri, storage_options=storage_options)
     assert shards.manifest == manifest and shards.manifest.groups() == {"Gamma": 2}
     shards.verify()
@@ -299,25 +302,26 @@ def test_missing_s3_shard_set_and_missing_shard_name_the_uri(synthetic_zip, stor
     assert missing in str(err.value)
 
     prefix = _prefix("lost-shard")
-    import_omniglot([str(synthetic_zip)], f"s3://{prefix}", storage_options=storage_options, progress=False)
-    s3.rm(f"{prefix}/shard-00000.arrow")
+    manifest = import_omniglot([str(synthetic_zip)], f"s3://{prefix}", storage_options=storage_options, progress=False)
+    shard = manifest.shards[manifest.classes[0].shard].path
+    s3.rm(f"{prefix}/{shard}")
     shards = ShardSet(f"s3://{prefix}", storage_options=storage_options)
     with pytest.raises(ShardError, match="missing") as err:
         shards.read_class(0)
-    assert f"s3://{prefix}/shard-00000.arrow" in str(err.value)
+    assert f"s3://{prefix}/{shard}" in str(err.value)
 
 
 def test_corrupted_s3_shard_fails_verify(synthetic_zip, storage_options, s3):
     prefix = _prefix("corrupt")
-    import_omniglot([str(synthetic_zip)], f"s3://{prefix}", storage_options=storage_options, progress=False)
-    key = f"{prefix}/shard-00000.arrow"
+    manifest = import_omniglot([str(synthetic_zip)], f"s3://{prefix}", storage_options=storage_options, progress=False)
+    key = f"{prefix}/{manifest.shards[0].path}"
     data = bytearray(s3.cat_file(key))
     middle = len(data) // 2
     data[middle : middle + 16] = bytes(255 - b for b in data[middle : middle + 16])
     s3.pipe_file(key, bytes(data))
     with pytest.raises(ShardError, match="SHA-256") as err:
         ShardSet(f"s3://{prefix}", storage_options=storage_options).verify()
-    assert f"s3://{prefix}/shard-00000.arrow" in str(err.value)
+    assert f"s3://{key}" in str(err.value)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -342,3 +346,23 @@ def test_memory_round_trip(fmt, synthetic_zip, local_sets):
     finally:
         if mem.exists(path):
             mem.rm(path, recursive=True)
+
+
+def test_cli_reads_an_s3_shard_set_configured_from_the_environment(synthetic_zip, storage_options, monkeypatch, capsys):
+    """The CLI takes no storage options: the endpoint and credentials come from the standard AWS variables."""
+    from metadist.cli import main
+
+    prefix = _prefix("cli")
+    uri = f"s3://{prefix}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", storage_options["endpoint_url"])
+    assert main(["data", "import", "omniglot", str(synthetic_zip), "--out", uri, "--format", "parquet"]) == 0
+    assert main(["data", "info", uri]) == 0
+    assert main(["data", "verify", uri]) == 0
+    assert main(["data", "sample", uri, "--ways", "3", "--shots", "1", "--queries", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"{uri}: 6 classes in 2 groups" in out and f"{uri}: OK (1 shards, 6 classes)" in out
+
+    missing = f"s3://{BUCKET}/nothing-here"
+    assert main(["data", "info", missing]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("metadist: error: ") and missing in err and "Traceback" not in err

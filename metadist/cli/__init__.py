@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from pydantic import ValidationError
+
 from metadist import __version__
 from metadist.errors import MetadistError
 
@@ -26,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.handler(args) or 0)
+    except ValidationError as exc:
+        where = "; ".join(f"{exc.title}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"metadist: error: {where}", file=sys.stderr)
+        return 2
     except MetadistError as exc:
         # Our errors already name the file, field or class at fault: print them, not a traceback.
         print(f"metadist: error: {exc}", file=sys.stderr)

@@ -105,7 +105,7 @@ def _fetch(args) -> None:
 
     out = args.out or str(cache_dir() / "shards" / "omniglot-full")
     download_dir = args.download_dir or cache_dir() / "downloads" / "omniglot"
-    manifest = fetch_omniglot(download_dir, out, base_url=args.base_url or OMNIGLOT_BASE_URL, overwrite=args.overwrite)
+    manifest = fetch_omniglot(download_dir, out, base_url=args.base_url or OMNIGLOT_BASE_URL, file_format=args.format, overwrite=args.overwrite)
     _print_summary(out, manifest)
 
 

@@ -58,9 +58,10 @@ def fetch_omniglot(
     *,
     base_url: str = OMNIGLOT_BASE_URL,
     archives: tuple[str, ...] = OMNIGLOT_ARCHIVES,
+    file_format: str = "arrow",
     overwrite: bool = False,
     progress: bool = True,
 ) -> Manifest:
     """Download `archives` into `download_dir` and import them together into the shard set `out`."""
     paths = [download(f"{base_url.rstrip('/')}/{name}.zip", Path(download_dir) / f"{name}.zip", progress) for name in archives]
-    return import_omniglot([str(p) for p in paths], out, overwrite=overwrite, progress=progress)
+    return import_omniglot([str(p) for p in paths], out, file_format=file_format, overwrite=overwrite, progress=progress)

@@ -109,6 +109,24 @@ class Manifest:
             classes = tuple(ClassInfo(**c) for c in need(doc, "classes", list, ""))
         except TypeError as exc:
             raise ShardError(f"{where}: malformed entry in 'shards' or 'classes' ({exc})") from exc
+        for kind, entries, types in (
+            ("shards", shards, {"path": str, "num_rows": int, "num_bytes": int, "sha256": str}),
+            ("classes", classes, {"name": str, "group": str, "shard": int, "batch": int, "count": int}),
+        ):
+            for i, entry in enumerate(entries):
+                for key, typ in types.items():
+                    value = getattr(entry, key)
+                    if not isinstance(value, typ) or isinstance(value, bool):
+                        raise ShardError(f"{where}: field '{kind}[{i}].{key}' must be {typ.__name__}, got {type(value).__name__}")
+        preprocessing = need(doc, "preprocessing", dict, "")
+        for key, typ in (("mode", str), ("size", list), ("resample", str), ("invert", bool)):
+            need(preprocessing, key, typ, "preprocessing.")
+        from metadist.data.images import ImagePreprocessing
+
+        try:
+            ImagePreprocessing.from_dict(preprocessing)
+        except (TypeError, ValueError) as exc:
+            raise ShardError(f"{where}: field 'preprocessing' is invalid ({exc})") from exc
         for i, c in enumerate(classes):
             if not 0 <= c.shard < len(shards):
                 raise ShardError(f"{where}: classes[{i}] ({c.name!r}) names shard {c.shard}, but there are {len(shards)}")

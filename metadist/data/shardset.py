@@ -54,8 +54,14 @@ class ShardSet:
                 f"{self.uri}: no {schema.MANIFEST_NAME}; not a shard set, or its import did not finish "
                 "(the manifest is written last)"
             )
-        with self.fs.open(path, "r", encoding="utf-8") as f:
-            return Manifest.from_json(f.read(), where=join(self.uri, schema.MANIFEST_NAME))
+        where = join(self.uri, schema.MANIFEST_NAME)
+        with self.fs.open(path, "rb") as f:
+            data = f.read()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ShardError(f"{where}: not UTF-8 text ({exc})") from None
+        return Manifest.from_json(text, where=where)
 
     def shard_uri(self, shard: int) -> str:
         return join(self.uri, self.manifest.shards[shard].path)
@@ -144,9 +150,12 @@ class ShardSet:
         for i, info in enumerate(tqdm(self.manifest.shards, desc="verify shards", unit="shard", disable=not progress)):
             path = join(self.root, info.path)
             digest = hashlib.sha256()
-            with self.fs.open(path, "rb") as f:
-                for block in iter(lambda: f.read(2**22), b""):
-                    digest.update(block)
+            try:
+                with self.fs.open(path, "rb") as f:
+                    for block in iter(lambda: f.read(2**22), b""):
+                        digest.update(block)
+            except FileNotFoundError:
+                raise ShardError(f"{self.shard_uri(i)}: listed in the manifest but missing") from None
             if digest.hexdigest() != info.sha256:
                 raise ShardError(f"{self.shard_uri(i)}: SHA-256 differs from the manifest; the shard is corrupted")
         for index in range(len(self.manifest.classes)):

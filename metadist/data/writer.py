@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import uuid
 from typing import Sequence
 
 import numpy as np
@@ -94,6 +95,7 @@ class ShardSetWriter:
         self._rows = 0
         self._batches = 0
         self._written_paths: list[str] = []
+        self._staging: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def __enter__(self) -> "ShardSetWriter":
@@ -104,19 +106,33 @@ class ShardSetWriter:
                     f"{self.uri}: already holds a shard set ({schema.MANIFEST_NAME} exists); "
                     "choose another destination or pass overwrite (--overwrite) to replace it"
                 )
-            # The manifest goes first, so a failure below leaves no shard set that looks valid.
-            self.fs.rm(manifest_path)
-            for old in self.fs.glob(join(self.root, "shard-*")):
-                self.fs.rm(old)
-        self.fs.makedirs(self.root, exist_ok=True)
+            # Nothing is removed yet: the new shards go to a staging folder and replace the old set only
+            # once every one of them is written (see _commit), so a failed import loses nothing.
+            self._staging = join(self.root, f".staging-{uuid.uuid4().hex}")
+        self.fs.makedirs(self._staging or self.root, exist_ok=True)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self._close_shard()
+            self._commit()
             self._write_manifest()
             return
         self._abort()
+
+    def _commit(self) -> None:
+        if self._staging is None:
+            return
+        if not self._classes:
+            raise ShardError(f"{self.uri}: no classes were written; refusing to write an empty shard set")
+        # The old manifest goes first, so a failure during the swap leaves no shard set that looks valid.
+        self.fs.rm(join(self.root, schema.MANIFEST_NAME))
+        for old in self.fs.glob(join(self.root, "shard-*")):
+            self.fs.rm(old)
+        for staged in self._written_paths:
+            self.fs.mv(staged, join(self.root, staged.rsplit("/", 1)[-1]))
+        if self.fs.exists(self._staging):  # an object store has no empty folders to remove
+            self.fs.rm(self._staging, recursive=True)
 
     def _abort(self) -> None:
         if self._writer is not None:
@@ -127,6 +143,8 @@ class ShardSetWriter:
         for path in self._written_paths:
             if self.fs.exists(path):
                 self.fs.rm(path)
+        if self._staging is not None and self.fs.exists(self._staging):
+            self.fs.rm(self._staging, recursive=True)
         log.info("import into %s failed; removed %d partial shard(s)", self.uri, len(self._written_paths))
 
     # -- writing ---------------------------------------------------------------------------------------------
@@ -172,7 +190,7 @@ class ShardSetWriter:
         self._rows += n
 
     def _open_shard(self) -> None:
-        path = join(self.root, f"shard-{len(self._shards):05d}{schema.FILE_FORMATS[self.file_format]}")
+        path = join(self._staging or self.root, f"shard-{len(self._shards):05d}{schema.FILE_FORMATS[self.file_format]}")
         self._written_paths.append(path)
         self._sink = _HashingSink(self.fs.open(path, "wb"))
         if self.file_format == "arrow":
