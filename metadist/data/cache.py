@@ -32,6 +32,11 @@ class ClassCache:
         self.clock = 0
         self.loads = 0
 
+    def touch(self, slots: np.ndarray) -> None:
+        """Mark resident slots as just used (for LRU eviction)."""
+        self.clock += 1
+        self.last_used[slots] = self.clock
+
     def ensure(self, classes: np.ndarray) -> np.ndarray:
         """Make `classes` (unique manifest indices) resident; return their slots."""
         if len(classes) > self.slots:

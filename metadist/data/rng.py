@@ -15,9 +15,7 @@ _M2 = np.uint64(0x94D049BB133111EB)
 
 # One stream per kind of draw, so adding a draw never shifts the others.
 STREAM_CLASSES = 1
-STREAM_CLASS_ORDER = 2
 STREAM_EXAMPLES = 3
-STREAM_EXAMPLE_ORDER = 4
 STREAM_REGRESSION_TASK = 5
 STREAM_REGRESSION_X = 6
 
@@ -33,13 +31,25 @@ def _mix(z: np.ndarray) -> np.ndarray:
     return z
 
 
+_MASK = 0xFFFFFFFFFFFFFFFF
+
+
+def _mix_int(z: int) -> int:
+    """The same finalizer on a Python int: the per-call key costs no numpy calls."""
+    z ^= z >> 30
+    z = (z * 0xBF58476D1CE4E5B9) & _MASK
+    z ^= z >> 27
+    z = (z * 0x94D049BB133111EB) & _MASK
+    return z ^ (z >> 31)
+
+
 def task_keys(seed: int, step: int, task_indices: np.ndarray, stream: int) -> np.ndarray:
     """One uint64 key per task: [T]."""
-    head = _mix(np.array([seed & 0xFFFFFFFFFFFFFFFF], np.uint64) + _GOLDEN)
-    head = _mix(head ^ np.array([step & 0xFFFFFFFFFFFFFFFF], np.uint64))
-    head = _mix(head + np.array([stream], np.uint64) * _GOLDEN)
+    head = _mix_int((seed + 0x9E3779B97F4A7C15) & _MASK)
+    head = _mix_int(head ^ (step & _MASK))
+    head = _mix_int((head + stream * 0x9E3779B97F4A7C15) & _MASK)
     tasks = np.asarray(task_indices, dtype=np.uint64)
-    return _mix(head ^ _mix(tasks + _GOLDEN))
+    return _mix(np.uint64(head) ^ _mix(tasks + _GOLDEN))
 
 
 def uniform(seed: int, step: int, task_indices: np.ndarray, stream: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -50,6 +60,26 @@ def uniform(seed: int, step: int, task_indices: np.ndarray, stream: int, shape: 
     bits = _mix(keys[:, None] + counters)
     floats = (bits >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
     return floats.reshape((len(keys), *shape))
+
+
+SORT_LIMIT = 2048  # populations up to this size are chosen by sorting random keys; larger ones by Floyd's algorithm
+
+
+def choose(seed: int, step: int, tasks: np.ndarray, stream: int, population: np.ndarray | int, m: int, lead: tuple[int, ...] = ()) -> np.ndarray:
+    """m distinct integers in [0, population) per task (and per `lead` index), in random order: [T, *lead, m].
+
+    `population` is an int or an array of shape [T, *lead]. Small populations take one random key per element
+    and keep the m smallest (a handful of vectorized calls); large ones use Floyd's algorithm (2m keys).
+    """
+    n_max = int(np.max(population))
+    if n_max <= SORT_LIMIT:
+        keys = uniform(seed, step, tasks, stream, (*lead, n_max))
+        if not np.isscalar(population):
+            keys[np.arange(n_max) >= np.asarray(population)[..., None]] = 2.0  # never chosen: beyond this class's count
+        chosen = np.argpartition(keys, m - 1, axis=-1)[..., :m] if m < n_max else np.broadcast_to(np.arange(n_max), keys.shape).copy()
+        order = np.argsort(np.take_along_axis(keys, chosen, axis=-1), axis=-1)
+        return np.take_along_axis(chosen, order, axis=-1)
+    return choose_distinct(uniform(seed, step, tasks, stream, (*lead, 2 * m)), population)
 
 
 def choose_distinct(u: np.ndarray, population: np.ndarray | int) -> np.ndarray:

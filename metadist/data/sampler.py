@@ -70,11 +70,9 @@ class EpisodeSampler:
         """The episode choices without any pixels: virtual class ids [T, N] and example rows [T, N, K+Q]."""
         tasks = np.asarray(task_indices, dtype=np.int64).reshape(-1)
         n, per_class = self.episode.ways, self.episode.shots + self.episode.queries
-        u_classes = rng.uniform(self.seed, step, tasks, rng.STREAM_CLASSES, (2 * n,))
-        virtual = rng.choose_distinct(u_classes, self.pool)  # [T, N]
+        virtual = rng.choose(self.seed, step, tasks, rng.STREAM_CLASSES, self.pool, n)  # [T, N]
         base = virtual // ROTATIONS if self.episode.rotations else virtual
-        u_examples = rng.uniform(self.seed, step, tasks, rng.STREAM_EXAMPLES, (n, 2 * per_class))
-        rows = rng.choose_distinct(u_examples, self.counts[base])  # [T, N, K+Q]
+        rows = rng.choose(self.seed, step, tasks, rng.STREAM_EXAMPLES, self.counts[base], per_class, lead=(n,))  # [T, N, K+Q]
         return virtual, rows
 
     def sample(self, step: int, task_indices) -> ClassificationBatch:
@@ -85,9 +83,12 @@ class EpisodeSampler:
         else:
             base, quarter_turns = virtual, np.zeros_like(virtual)
         class_index = self.classes[base]  # manifest indices [T, N]
-        unique, inverse = np.unique(class_index, return_inverse=True)
-        if len(unique) <= self.cache.slots:
-            pixels = self._gather(unique, inverse.reshape(class_index.shape), rows)
+        slots = self.cache.slot_of[class_index]
+        if (slots >= 0).all():  # the common case once the cache is warm: no bookkeeping beyond a timestamp
+            self.cache.touch(slots)
+            pixels = self.cache.arena[torch.from_numpy(slots)[..., None], torch.from_numpy(rows)]
+        elif len(np.unique(class_index)) <= self.cache.slots:
+            pixels = self._gather(*self._unique(class_index), rows)
         else:  # more distinct classes than the cache holds at once: gather task by task
             pixels = torch.cat([self._gather(*self._unique(class_index[t : t + 1]), rows[t : t + 1]) for t in range(len(tasks))])
         x = pixels.to(torch.float32).div_(255)  # [T, N, K+Q, C, H, W]
