@@ -34,7 +34,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--queries", type=int, required=True)
     parser.add_argument("--rotations", action="store_true")
     parser.add_argument("--seconds", type=float, default=1.0, help="length of each timed repeat")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--warmup-s", type=float, default=0.5)
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,18 +1,21 @@
 """Data-layer benchmark: episodes per second and peak memory of metadist's EpisodeSampler, side by side with
 learn2learn 0.2.0's TaskDataset on the same Omniglot images (images_background_small1: 136 characters × 20).
 
-Run (about 3 minutes on 2 cores):
+Run (about 4 minutes on 2 cores):
 
     .venv/bin/python bench/data_sampler.py          # or: make bench-data
 
 What it measures, for 5-way and 20-way 1-shot episodes with 5 queries per class, with and without rotation
-classes (each in a fresh process, torch.set_num_threads(1) on both sides):
+classes, with torch.set_num_threads(1) on both sides:
   * metadist, one episode per call, sampler.sample(step, [0]): the unit of work of learn2learn's sample();
   * metadist, a meta-batch of 32 episodes per call, sampler.sample(step, range(32)): how the trainer calls it;
   * learn2learn, TaskDataset(...).sample() with the transforms of its own Omniglot benchmark (bench/_l2l_sampler.py,
     run under the learn2learn virtualenv given by --l2l-python, $L2L_PYTHON or /tmp/l2l-venv/bin/python).
-  Episodes/s is the median of --repeats timed repeats of at least --seconds each, after a warm-up. Memory is the
-  sampling process's peak RSS (VmHWM) and its RssAnon when done, from /proc/self/status.
+  Each figure is measured in --processes fresh processes (default 3): a warm-up, then --repeats timed runs of at
+  least --seconds each; the table gives the median over all timed runs and their range. Fresh processes matter:
+  how fast a process samples can depend on the state of its C heap (see `minor_faults_per_call` in the JSON).
+  Memory is the sampling process's peak RSS (VmHWM) and its RssAnon when done, from /proc/self/status (the
+  largest over the processes).
 And whether peak memory stays flat when the shard set is 10× larger: small1 is written once (1×) and ten times
 under different class names (10×) in small shards, then each set is sampled (5-way 1-shot 5-query, rotations,
 16 episodes per call) in a fresh process with the same cache budget, smaller than either set.
@@ -32,6 +35,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -65,7 +69,8 @@ SCALE_EPISODES = 2048
 SCALE_TASKS_PER_CALL = 16  # 16 × 5 ways = 80 classes at most per call, within the 133-slot arena
 # "Flat": the 10× set's peak RSS exceeds the 1× set's by at most 2 MiB, a tenth of the 19 MB of pixels it adds.
 FLAT_TOLERANCE_MB = 2.0
-CONTENDED_CPU_PER_WALL = 0.9  # below this, other processes took the core for part of a timed repeat
+CONTENDED_CPU_PER_WALL = 0.9  # below this, other processes took the core for part of a timed run
+FAULTING_PER_CALL = 100  # minor page faults per call above which a process was refilling freed heap memory
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,7 @@ class Episodes:
 
     @property
     def name(self) -> str:
-        return f"{self.ways}-way {self.shots}-shot {self.queries}q, " + ("rotations" if self.rotations else "no rotations")
+        return f"{self.ways}-way, " + ("rotations" if self.rotations else "no rotations")
 
     @property
     def target(self) -> float:
@@ -86,6 +91,7 @@ class Episodes:
 
 
 CONFIGS = (Episodes(5, True), Episodes(5, False), Episodes(20, True), Episodes(20, False))
+SIDES = (("learn2learn", "learn2learn"), ("metadist_1", "metadist 1/call"), ("metadist_32", f"metadist {META_BATCH}/call"))
 
 
 # -- helpers shared with bench/_l2l_sampler.py (standard library only) -------------------------------------------
@@ -106,20 +112,19 @@ def measure_rate(
 ) -> dict:
     """Call sample_once for warmup_s untimed, then `repeats` times for at least `seconds` each; episodes/s.
 
-    cpu_per_wall is this process's CPU time over wall time while timed: near 1 with one thread on an idle core,
-    lower when other processes took the core away (the figure is then pessimistic).
+    cpu_per_wall: CPU time over wall time while timed, near 1 with one thread on an idle core, lower when other
+    processes took the core away. minor_faults_per_call: pages the process had to map in per call, near 0 once
+    its memory is reused from call to call.
     """
     run_for(sample_once, warmup_s)
-    rates, cpu_per_wall = [], []
+    rates, cpu_per_wall, faults_per_call = [], [], []
     for _ in range(repeats):
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         calls, elapsed, cpu_s = run_for(sample_once, seconds)
+        faults_per_call.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / calls)
         rates.append(calls * episodes_per_call / elapsed)
         cpu_per_wall.append(cpu_s / elapsed)
-    return {
-        "episodes_per_s": statistics.median(rates),
-        "repeats_episodes_per_s": rates,
-        "cpu_per_wall": statistics.median(cpu_per_wall),
-    }
+    return {"episodes_per_s": rates, "cpu_per_wall": cpu_per_wall, "minor_faults_per_call": faults_per_call}
 
 
 def run_for(fn: Callable[[], object], seconds: float) -> tuple[int, float, float]:
@@ -137,6 +142,7 @@ def emit(result: dict) -> None:
     print(RESULT_MARK + json.dumps(result), flush=True)
 
 
+# -- worker processes -----------------------------------------------------------------------------------------------
 def run_worker(command: list[str]) -> dict:
     """Run a worker process and return the result it printed; its stderr is shown only if it fails."""
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "PYTHONWARNINGS": "ignore"}
@@ -147,7 +153,21 @@ def run_worker(command: list[str]) -> dict:
     return json.loads(lines[-1][len(RESULT_MARK):])
 
 
-# -- metadist workers (run in fresh processes by the parent) -----------------------------------------------------
+def run_workers(command: list[str], processes: int) -> dict:
+    """The same measurement in `processes` fresh processes: median and range of all timed runs, largest memory."""
+    results = [run_worker(command) for _ in range(processes)]
+    rates = [rate for r in results for rate in r["episodes_per_s"]]
+    return {
+        "episodes_per_s": statistics.median(rates),
+        "min_episodes_per_s": min(rates),
+        "max_episodes_per_s": max(rates),
+        "cpu_per_wall": min(c for r in results for c in r["cpu_per_wall"]),
+        "memory_mb": {key: max(r["memory_mb"][key] for r in results) for key in results[0]["memory_mb"]},
+        "memory_before_mb": {key: max(r["memory_before_mb"][key] for r in results) for key in results[0]["memory_before_mb"]},
+        "processes": results,
+    }
+
+
 def worker_speed(args: argparse.Namespace) -> None:
     import torch
 
@@ -160,13 +180,8 @@ def worker_speed(args: argparse.Namespace) -> None:
     tasks = list(range(args.tasks_per_call))
     steps = iter(range(10**12))
     memory_before = memory_mb()
-    rate = measure_rate(
-        lambda: sampler.sample(next(steps), tasks),
-        len(tasks),
-        seconds=args.seconds,
-        repeats=args.repeats,
-        warmup_s=args.warmup_s,
-    )
+    timing = dict(seconds=args.seconds, repeats=args.repeats, warmup_s=args.warmup_s)
+    rate = measure_rate(lambda: sampler.sample(next(steps), tasks), len(tasks), **timing)
     emit(
         {
             **rate,
@@ -205,12 +220,11 @@ def worker_scale(args: argparse.Namespace) -> None:
             "classes_loaded": sampler.cache.loads,
             "memory_before_mb": memory_before,
             "memory_mb": memory_mb(),
-            "pandas_imported": "pandas" in sys.modules,
         }
     )
 
 
-# -- the parent: data preparation -----------------------------------------------------------------------------
+# -- the parent: data preparation -----------------------------------------------------------------------------------
 def small1_uri() -> str:
     from metadist.data import resolve_uri
 
@@ -243,7 +257,8 @@ def write_scaled_set(source_uri: str, factor: int, out: Path) -> str:
             for index, info in enumerate(manifest.classes):
                 name = f"copy{copy}/{info.name}"
                 pixels = source.read_class(index)
-                writer.add_class(name, group=f"copy{copy}/{info.group}", examples=pixels, sources=[f"{name}/{i}" for i in range(len(pixels))])
+                sources = [f"{name}/{i}" for i in range(len(pixels))]
+                writer.add_class(name, group=f"copy{copy}/{info.group}", examples=pixels, sources=sources)
     return str(out)
 
 
@@ -259,42 +274,33 @@ def resolve_l2l_python(path: str) -> str | None:
     return None
 
 
-# -- the parent: runs ---------------------------------------------------------------------------------------------
-def timing_flags(args: argparse.Namespace) -> list[str]:
-    return ["--seconds", str(args.seconds), "--repeats", str(args.repeats), "--warmup-s", str(args.warmup_s)]
+# -- the parent: measurements ---------------------------------------------------------------------------------------
+def episode_flags(episodes: Episodes, args: argparse.Namespace) -> list[str]:
+    flags = ["--ways", str(episodes.ways), "--seconds", str(args.seconds), "--repeats", str(args.repeats)]
+    return flags + ["--warmup-s", str(args.warmup_s)] + (["--rotations"] if episodes.rotations else [])
 
 
 def run_metadist(uri: str, episodes: Episodes, tasks_per_call: int, args: argparse.Namespace) -> dict:
-    command = [sys.executable, __file__, "--worker", "speed", "--uri", uri, "--ways", str(episodes.ways)]
-    command += ["--tasks-per-call", str(tasks_per_call), *timing_flags(args)]
-    return run_worker(command + (["--rotations"] if episodes.rotations else []))
+    command = [sys.executable, __file__, "--worker", "speed", "--uri", uri, "--tasks-per-call", str(tasks_per_call)]
+    return run_workers(command + episode_flags(episodes, args), args.processes)
 
 
 def run_l2l(l2l_python: str, images: Path, episodes: Episodes, args: argparse.Namespace) -> dict:
-    command = [l2l_python, str(BENCH_DIR / "_l2l_sampler.py"), "--images", str(images), "--ways", str(episodes.ways)]
-    command += ["--shots", str(episodes.shots), "--queries", str(episodes.queries), "--threads", str(THREADS)]
-    command += ["--seed", str(SEED), *timing_flags(args)]
-    return run_worker(command + (["--rotations"] if episodes.rotations else []))
-
-
-def run_scale(uri: str) -> dict:
-    return run_worker([sys.executable, __file__, "--worker", "scale", "--uri", uri])
-
-
-def speedup(metadist: dict, l2l: dict | None) -> float | None:
-    return metadist["episodes_per_s"] / l2l["episodes_per_s"] if l2l else None
+    command = [l2l_python, str(BENCH_DIR / "_l2l_sampler.py"), "--images", str(images), "--threads", str(THREADS)]
+    command += ["--shots", str(episodes.shots), "--queries", str(episodes.queries), "--seed", str(SEED)]
+    return run_workers(command + episode_flags(episodes, args), args.processes)
 
 
 def speed_row(episodes: Episodes, uri: str, images: Path | None, l2l_python: str | None, args) -> dict:
     row = {"episodes": asdict(episodes), "name": episodes.name, "target_speedup": episodes.target}
     row["learn2learn"] = run_l2l(l2l_python, images, episodes, args) if l2l_python else None
-    progress(episodes.name, "learn2learn", row["learn2learn"])
-    for key, tasks_per_call in (("metadist_1", 1), ("metadist_32", META_BATCH)):
+    progress(episodes.name, SIDES[0][1], row["learn2learn"])
+    for (key, label), tasks_per_call in zip(SIDES[1:], (1, META_BATCH)):
         row[key] = run_metadist(uri, episodes, tasks_per_call, args)
-        progress(episodes.name, f"metadist {tasks_per_call}/call", row[key])
-        ratio = speedup(row[key], row["learn2learn"])
-        row[f"speedup_{key[9:]}"] = ratio
-        row[f"target_met_{key[9:]}"] = None if ratio is None else ratio >= episodes.target
+        progress(episodes.name, label, row[key])
+        ratio = row[key]["episodes_per_s"] / row["learn2learn"]["episodes_per_s"] if row["learn2learn"] else None
+        row[f"speedup_{key}"] = ratio
+        row[f"target_met_{key}"] = None if ratio is None else ratio >= episodes.target
     return row
 
 
@@ -302,8 +308,8 @@ def scale_rows(base_uri: str, workdir: Path) -> list[dict]:
     rows = []
     for factor in SCALE_FACTORS:
         uri = write_scaled_set(base_uri, factor, workdir / f"small1-x{factor}")
-        rows.append({"factor": factor, **run_scale(uri)})
-        progress(f"shard set {factor}×", "metadist", rows[-1])
+        rows.append({"factor": factor, **run_worker([sys.executable, __file__, "--worker", "scale", "--uri", uri])})
+        progress(f"shard set × {factor}", "metadist", rows[-1])
     return rows
 
 
@@ -313,35 +319,24 @@ def flat_verdict(rows: list[dict]) -> dict:
     return {"growth_mb": growth, "tolerance_mb": FLAT_TOLERANCE_MB, "flat": growth["peak_rss"] <= FLAT_TOLERANCE_MB}
 
 
-def contended(report: dict) -> list[str]:
-    """The figures taken while other processes competed for the cores (CPU time / wall time below 0.9)."""
-    found = []
-    for row in report["speed"]:
-        for key, label in (("learn2learn", "learn2learn"), ("metadist_1", "metadist 1/call"), ("metadist_32", "metadist 32/call")):
-            if row[key] and row[key]["cpu_per_wall"] < CONTENDED_CPU_PER_WALL:
-                found.append(f"{row['name']}, {label} ({row[key]['cpu_per_wall']:.2f})")
-    for row in report["scale"]["rows"]:
-        if row["cpu_per_wall"] < CONTENDED_CPU_PER_WALL:
-            found.append(f"shard set × {row['factor']} ({row['cpu_per_wall']:.2f})")
-    return found
-
-
 def progress(what: str, side: str, result: dict | None) -> None:
     if result is None:
-        print(f"  {what:<34} {side:<18} skipped", file=sys.stderr, flush=True)
+        print(f"  {what:<22} {side:<18} skipped", file=sys.stderr, flush=True)
         return
-    figure = f"{result['episodes_per_s']:>9,.0f} episodes/s, CPU/wall {result['cpu_per_wall']:.2f}"
-    print(f"  {what:<34} {side:<18} {figure}, peak RSS {result['memory_mb']['peak_rss']:.0f} MiB", file=sys.stderr, flush=True)
+    spread = f" ({result['min_episodes_per_s']:,.0f}–{result['max_episodes_per_s']:,.0f})" if "processes" in result else ""
+    figure = f"{result['episodes_per_s']:>7,.0f} episodes/s{spread}, CPU/wall ≥ {result['cpu_per_wall']:.2f}"
+    print(f"  {what:<22} {side:<18} {figure}, peak RSS {result['memory_mb']['peak_rss']:.0f} MiB", file=sys.stderr, flush=True)
 
 
-# -- the parent: report -------------------------------------------------------------------------------------------
+# -- the parent: report ---------------------------------------------------------------------------------------------
 def machine_info(l2l_rows: list[dict | None]) -> dict:
     import numpy
     import pyarrow
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    l2l_versions = next((r["versions"] for r in l2l_rows if r), None)
+    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
+    l2l_versions = next((r["processes"][0]["versions"] for r in l2l_rows if r), None)
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "load_average_1min_at_end": os.getloadavg()[0],
@@ -362,7 +357,9 @@ def machine_info(l2l_rows: list[dict | None]) -> dict:
 
 
 def fmt_rate(result: dict | None) -> str:
-    return "not run" if result is None else f"{result['episodes_per_s']:,.0f}"
+    if result is None:
+        return "not run"
+    return f"{result['episodes_per_s']:,.0f} ({result['min_episodes_per_s']:,.0f}–{result['max_episodes_per_s']:,.0f})"
 
 
 def fmt_ratio(ratio: float | None, met: bool | None) -> str:
@@ -376,65 +373,81 @@ def fmt_memory(result: dict | None) -> str:
     return f"{m['peak_rss']:.0f} / {m['rss_anon']:.0f} ({result['memory_before_mb']['rss']:.0f})"
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def speed_table(rows: list[dict]) -> str:
-    lines = [
-        "| Episodes (1-shot, 5 queries) | learn2learn | metadist, 1 per call | speed-up | metadist, 32 per call | speed-up | target |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['episodes']['ways']}-way, {'rotations' if r['episodes']['rotations'] else 'no rotations'} "
-            f"| {fmt_rate(r['learn2learn'])} | {fmt_rate(r['metadist_1'])} | {fmt_ratio(r['speedup_1'], r['target_met_1'])} "
-            f"| {fmt_rate(r['metadist_32'])} | {fmt_ratio(r['speedup_32'], r['target_met_32'])} | ≥ {r['target_speedup']:g}× |"
-        )
-    return "\n".join(lines)
+    header = ["Episodes (1-shot, 5 queries)", "learn2learn", "metadist, 1 per call", "speed-up",
+              f"metadist, {META_BATCH} per call", "speed-up", "target"]  # fmt: skip
+    return markdown_table(
+        header,
+        [
+            [r["name"], fmt_rate(r["learn2learn"]),
+             fmt_rate(r["metadist_1"]), fmt_ratio(r["speedup_metadist_1"], r["target_met_metadist_1"]),
+             fmt_rate(r["metadist_32"]), fmt_ratio(r["speedup_metadist_32"], r["target_met_metadist_32"]),
+             f"≥ {r['target_speedup']:g}×"]  # fmt: skip
+            for r in rows
+        ],
+    )
 
 
 def memory_table(rows: list[dict]) -> str:
-    lines = [
-        "| Episodes (1-shot, 5 queries) | learn2learn | metadist, 1 per call | metadist, 32 per call |",
-        "|---|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['episodes']['ways']}-way, {'rotations' if r['episodes']['rotations'] else 'no rotations'} "
-            f"| {fmt_memory(r['learn2learn'])} | {fmt_memory(r['metadist_1'])} | {fmt_memory(r['metadist_32'])} |"
-        )
-    return "\n".join(lines)
+    header = ["Episodes (1-shot, 5 queries)", *(label for _, label in SIDES)]
+    return markdown_table(header, [[r["name"], *(fmt_memory(r[key]) for key, _ in SIDES)] for r in rows])
 
 
 def scale_table(rows: list[dict]) -> str:
-    lines = [
-        "| Shard set | classes | shards | cache slots | classes loaded | episodes/s | peak RSS (MiB) | RssAnon (MiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        m = r["memory_mb"]
-        lines.append(
-            f"| small1 × {r['factor']} | {r['classes']:,} | {r['shards']} | {r['cache_slots']} | {r['classes_loaded']:,} "
-            f"| {r['episodes_per_s']:,.0f} | {m['peak_rss']:.0f} | {m['rss_anon']:.0f} |"
-        )
-    return "\n".join(lines)
+    header = ["Shard set", "classes", "shards", "cache slots", "classes loaded", "episodes/s", "peak RSS (MiB)", "RssAnon (MiB)"]
+    return markdown_table(
+        header,
+        [
+            [f"small1 × {r['factor']}", f"{r['classes']:,}", str(r["shards"]), str(r["cache_slots"]),
+             f"{r['classes_loaded']:,}", f"{r['episodes_per_s']:,.0f}",
+             f"{r['memory_mb']['peak_rss']:.0f}", f"{r['memory_mb']['rss_anon']:.0f}"]  # fmt: skip
+            for r in rows
+        ],
+    )
 
 
 def targets_summary(report: dict) -> list[str]:
-    rows, flat = report["speed"], report["scale"]["verdict"]
     lines = []
     for rotations, target in ((True, 20), (False, 2)):
-        for key, label in (("1", "1 episode per call"), ("32", f"{META_BATCH} episodes per call")):
-            cells = [r for r in rows if r["episodes"]["rotations"] == rotations]
-            if any(r[f"speedup_{key}"] is None for r in cells):
-                lines.append(f"- ≥ {target}× learn2learn {'with' if rotations else 'without'} rotations, {label}: not evaluated (learn2learn side skipped)")
+        rows = [r for r in report["speed"] if r["episodes"]["rotations"] == rotations]
+        for key, label in SIDES[1:]:
+            what = f"≥ {target}× learn2learn {'with' if rotations else 'without'} rotations, {label}"
+            if any(r[f"speedup_{key}"] is None for r in rows):
+                lines.append(f"- {what}: not evaluated (learn2learn side skipped)")
                 continue
-            parts = ", ".join(f"{r['episodes']['ways']}-way {r[f'speedup_{key}']:.1f}×" for r in cells)
-            verdict = "met" if all(r[f"target_met_{key}"] for r in cells) else "missed"
-            lines.append(f"- ≥ {target}× learn2learn {'with' if rotations else 'without'} rotations, {label}: **{verdict}** ({parts})")
-    growth = flat["growth_mb"]
+            figures = ", ".join(f"{r['episodes']['ways']}-way {r[f'speedup_{key}']:.1f}×" for r in rows)
+            verdict = "met" if all(r[f"target_met_{key}"] for r in rows) else "missed"
+            lines.append(f"- {what}: **{verdict}** ({figures})")
+    flat = report["scale"]["verdict"]
     lines.append(
-        f"- Peak memory flat with a 10× larger shard set (peak RSS at most {flat['tolerance_mb']:g} MiB above the 1× set's): "
-        f"**{'met' if flat['flat'] else 'missed'}** (peak RSS {growth['peak_rss']:+.1f} MiB, RssAnon {growth['rss_anon']:+.1f} MiB)"
+        f"- Peak memory flat with a 10× larger shard set (peak RSS at most {flat['tolerance_mb']:g} MiB above the "
+        f"1× set's): **{'met' if flat['flat'] else 'missed'}** (peak RSS {flat['growth_mb']['peak_rss']:+.1f} MiB, "
+        f"RssAnon {flat['growth_mb']['rss_anon']:+.1f} MiB)"
     )
     return lines
+
+
+def flagged_processes(report: dict) -> tuple[list[str], list[str]]:
+    """(figures with a contended timed run, figures with a process that page-faulted on every call)."""
+    contended, faulting = [], []
+    for row in report["speed"]:
+        for key, label in SIDES:
+            if row[key] is None:
+                continue
+            runs = row[key]["processes"]
+            slow = [c for r in runs for c in r["cpu_per_wall"] if c < CONTENDED_CPU_PER_WALL]
+            if slow:
+                contended.append(f"{row['name']}, {label} (CPU/wall {min(slow):.2f})")
+            faults = [f for r in runs for f in r["minor_faults_per_call"]]
+            if max(faults) > FAULTING_PER_CALL:
+                faulting.append(f"{row['name']}, {label} ({sum(f > FAULTING_PER_CALL for f in faults)} of {len(faults)} runs)")
+    contended += [f"shard set × {r['factor']}" for r in report["scale"]["rows"] if r["cpu_per_wall"] < CONTENDED_CPU_PER_WALL]
+    return contended, faulting
 
 
 def notes(report: dict) -> list[str]:
@@ -442,52 +455,59 @@ def notes(report: dict) -> list[str]:
     lines = []
     if rows[(5, True)]["learn2learn"] and rows[(20, False)]["learn2learn"]:
         lines.append(
-            f"- learn2learn measured here: {fmt_rate(rows[(5, True)]['learn2learn'])} episodes/s 5-way with rotations and "
-            f"{fmt_rate(rows[(20, False)]['learn2learn'])} 20-way without; the issue measured about 184 and 1,800 on another "
-            "machine. Speed-ups above use this run's figures only."
+            f"- learn2learn measured here: {rows[(5, True)]['learn2learn']['episodes_per_s']:,.0f} episodes/s 5-way with "
+            f"rotations and {rows[(20, False)]['learn2learn']['episodes_per_s']:,.0f} 20-way without; the issue measured "
+            "about 184 and 1,800 on another machine. The speed-ups above divide medians from this run only."
         )
-    busy = contended(report)
+    contended, faulting = flagged_processes(report)
     lines.append(
-        f"- Figures taken while other processes competed for the cores (CPU time / wall time below {CONTENDED_CPU_PER_WALL}): "
-        + ("; ".join(busy) if busy else "none")
+        f"- Timed runs during which other processes took the core (CPU time / wall time below {CONTENDED_CPU_PER_WALL}): "
+        + ("; ".join(contended) if contended else "none")
         + f". 1-minute load average at the end: {report['machine']['load_average_1min_at_end']:.2f}."
     )
-    if any(r["metadist_1"]["pandas_imported"] for r in report["speed"]):
+    if faulting:
         lines.append(
-            "- metadist's RSS before the first episode is the interpreter, torch, pyarrow and metadist. About 30 MiB of "
-            "the growth comes with the first class read from a shard: pyarrow's `to_numpy()` imports pandas."
+            f"- Timed runs with more than {FAULTING_PER_CALL} minor page faults per call: " + "; ".join(faulting) + ". "
+            "In such a process the C heap hands the batch's freed memory back to the OS after each call and "
+            "maps it in again on the next, which is why the range between processes is wide."
+        )
+    if any(p["pandas_imported"] for r in report["speed"] for p in r["metadist_1"]["processes"]):
+        lines.append(
+            "- metadist's RSS before the first episode is the interpreter, torch, pyarrow and metadist. About 30 MiB "
+            "more comes with the first class read from a shard: pyarrow's `to_numpy()` imports pandas."
         )
     lines += [
         "- learn2learn's `sample()` returns one tensor of N·(K+Q) images and their labels; metadist's `sample()` also "
         "splits support from query and converts uint8 pixels to float32.",
         "- learn2learn's `RandomClassRotation` rotates each image tensor with torchvision's `RandomRotation` (an affine "
-        "resampling); metadist turns pixels with `torch.rot90`. In learn2learn 0.2.0 every image of an episode gets the "
-        "rotation drawn for its last class (the transform's lambda reads its loop variable late); this does not change its cost.",
+        "resampling); metadist turns pixels with `torch.rot90`. In learn2learn 0.2.0 every image of an episode gets "
+        "the rotation drawn for its last class (the transform's lambda reads its loop variable late); this does not "
+        "change its cost.",
     ]
     return lines
 
 
 def doc_section(report: dict) -> str:
-    m = report["machine"]
+    m, s = report["machine"], report["settings"]
     l2l = m["learn2learn_env"]
     l2l_line = (
         f"learn2learn {l2l['learn2learn']} with torch {l2l['torch']}, torchvision {l2l['torchvision']}"
         if l2l
-        else "learn2learn side not run (no learn2learn virtualenv; build one with ../shared/peers/setup-learn2learn.sh)"
+        else f"learn2learn side not run (no learn2learn virtualenv; build one with {SETUP_L2L})"
     )
-    s = report["settings"]
     return f"""{DOC_SECTION}
 
-`{COMMAND}` (or `make bench-data`) measured on {m['date'][:10]}: {m['cores']} cores ({m['cpu']}), Python {m['python']},
+`{COMMAND}` (or `make bench-data`), run on {m['date'][:10]}: {m['cores']} cores ({m['cpu']}), Python {m['python']},
 torch {m['torch']}, pyarrow {m['pyarrow']}, numpy {m['numpy']}; {l2l_line}. Raw figures: `bench/results/data_sampler.json`.
 
-Both sides sample Omniglot images_background_small1 (136 characters × 20 drawings, 28×28, inverted, x / 255)
-in one process with `torch.set_num_threads({m['threads']})`, each configuration in a fresh process.
-learn2learn: `TaskDataset(MetaDataset(in-memory dataset), [NWays, KShots(K+Q), LoadData, RemapLabels,
-ConsecutiveLabels(, RandomClassRotation 0/90/180/270°)], num_tasks=-1).sample()`, the transforms of its own Omniglot
-benchmark, one episode per call. metadist: `EpisodeSampler(ShardSet(bundled://omniglot-small1), cache_mb={SPEED_CACHE_MB}).sample(step, tasks)`
-with one task per call (the same unit of work) and with {META_BATCH} tasks per call (how the trainer calls it).
-Episodes/s is the median of {s['repeats']} repeats of at least {s['seconds']:g} s after a {s['warmup_s']:g} s warm-up.
+Both sides sample Omniglot images_background_small1 (136 characters × 20 drawings, 28×28, inverted, x / 255) in
+one process with `torch.set_num_threads({m['threads']})`. learn2learn: `TaskDataset(MetaDataset(in-memory dataset),
+[NWays, KShots(K+Q), LoadData, RemapLabels, ConsecutiveLabels(, RandomClassRotation 0/90/180/270°)],
+num_tasks=-1).sample()`, the transforms of its own Omniglot benchmark, one episode per call. metadist:
+`EpisodeSampler(ShardSet(bundled://omniglot-small1), cache_mb={SPEED_CACHE_MB}).sample(step, tasks)` with one task per
+call (the same unit of work) and with {META_BATCH} tasks per call (how the trainer calls it).
+Each figure: {s['processes']} fresh processes, each a {s['warmup_s']:g} s warm-up then {s['repeats']} timed run(s) of at
+least {s['seconds']:g} s; the median episodes/s over all timed runs, with their range in brackets.
 
 ### Episodes per second
 
@@ -502,7 +522,7 @@ learn2learn's process also holds torchvision and the 2,720 images as float32 ten
 ### Peak memory with a 10× larger shard set
 
 small1 written once and ten times over under different class names, in {SCALE_SHARD_MB:g} MB shards; each set sampled in
-a fresh process, 5-way 1-shot 5-query episodes with rotations, {SCALE_TASKS_PER_CALL} per call, {SCALE_EPISODES:,} episodes,
+a fresh process: 5-way 1-shot 5-query episodes with rotations, {SCALE_TASKS_PER_CALL} per call, {SCALE_EPISODES:,} episodes,
 `cache_mb={SCALE_CACHE_MB:g}` (smaller than either set's pixels, 2.1 MB and 21 MB), so both stream through the same arena.
 Episodes/s here includes reading evicted classes back from the shards.
 
@@ -531,17 +551,18 @@ def update_doc(path: Path, section: str) -> None:
     path.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
 
 
-# -- entry point --------------------------------------------------------------------------------------------------
+# -- entry point ----------------------------------------------------------------------------------------------------
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--l2l-python",
         default=os.environ.get("L2L_PYTHON", "/tmp/l2l-venv/bin/python"),
         help="interpreter of the learn2learn virtualenv (default: $L2L_PYTHON, else /tmp/l2l-venv/bin/python)",
     )
-    parser.add_argument("--seconds", type=float, default=1.0, help="length of each timed repeat (default 1)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per figure; the median is reported")
-    parser.add_argument("--warmup-s", type=float, default=0.5, help="untimed sampling before the repeats")
+    parser.add_argument("--processes", type=int, default=3, help="fresh processes per figure (default 3)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per process (default 1)")
+    parser.add_argument("--seconds", type=float, default=1.0, help="least length of a timed run (default 1)")
+    parser.add_argument("--warmup-s", type=float, default=0.5, help="untimed sampling first (default 0.5)")
     parser.add_argument("--results", type=Path, default=RESULTS_PATH, help="JSON output")
     parser.add_argument("--doc", type=Path, default=DOC_PATH, help="Markdown file whose section is replaced")
     # Internal: a worker process for one measurement.
@@ -563,21 +584,22 @@ def main() -> None:
     uri = small1_uri()
     with tempfile.TemporaryDirectory(prefix="metadist-bench-") as tmp:
         images = extract_small1(Path(tmp)) if l2l_python else None
-        print("episodes per second (fresh process each):", file=sys.stderr)
+        print(f"episodes per second, median (range) of {args.processes} fresh processes:", file=sys.stderr)
         speed = [speed_row(episodes, uri, images, l2l_python, args) for episodes in CONFIGS]
         print("10× shard set:", file=sys.stderr)
         scale = scale_rows(uri, Path(tmp))
     report = {
         "command": COMMAND,
         "machine": machine_info([r["learn2learn"] for r in speed]),
-        "settings": {"seconds": args.seconds, "repeats": args.repeats, "warmup_s": args.warmup_s, "seed": SEED,
-                     "meta_batch": META_BATCH, "speed_cache_mb": SPEED_CACHE_MB, "learn2learn_python": l2l_python,
-                     "scale": {"shard_mb": SCALE_SHARD_MB, "cache_mb": SCALE_CACHE_MB, "episodes": SCALE_EPISODES,
-                               "tasks_per_call": SCALE_TASKS_PER_CALL}},
+        "settings": {
+            "processes": args.processes, "repeats": args.repeats, "seconds": args.seconds, "warmup_s": args.warmup_s,
+            "seed": SEED, "meta_batch": META_BATCH, "speed_cache_mb": SPEED_CACHE_MB, "learn2learn_python": l2l_python,
+            "scale": {"shard_mb": SCALE_SHARD_MB, "cache_mb": SCALE_CACHE_MB, "episodes": SCALE_EPISODES,
+                      "tasks_per_call": SCALE_TASKS_PER_CALL},
+        },  # fmt: skip
         "speed": speed,
-        "scale": {"rows": scale, "verdict": None},
+        "scale": {"rows": scale, "verdict": flat_verdict(scale)},
     }
-    report["scale"]["verdict"] = flat_verdict(scale)
     report["elapsed_s"] = time.perf_counter() - started
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
