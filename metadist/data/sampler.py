@@ -86,24 +86,29 @@ class EpisodeSampler:
         slots = self.cache.slot_of[class_index]
         if (slots >= 0).all():  # the common case once the cache is warm: no bookkeeping beyond a timestamp
             self.cache.touch(slots)
-            pixels = self.cache.arena[torch.from_numpy(slots)[..., None], torch.from_numpy(rows)]
+            pixels = self._gather(slots, rows)
         elif len(np.unique(class_index)) <= self.cache.slots:
-            pixels = self._gather(*self._unique(class_index), rows)
+            unique, inverse = self._unique(class_index)
+            pixels = self._gather(self.cache.ensure(unique)[inverse], rows)
         else:  # more distinct classes than the cache holds at once: gather task by task
-            pixels = torch.cat([self._gather(*self._unique(class_index[t : t + 1]), rows[t : t + 1]) for t in range(len(tasks))])
-        x = pixels.to(torch.float32).div_(255)  # [T, N, K+Q, C, H, W]
+            pixels = torch.cat([
+                self._gather(self.cache.ensure(u)[i], rows[t : t + 1])
+                for t in range(len(tasks))
+                for u, i in [self._unique(class_index[t : t + 1])]
+            ])
+        t, n, k = len(tasks), self.episode.ways, self.episode.shots
         if self.episode.rotations:
-            turns = torch.from_numpy(quarter_turns)
-            for k in range(1, ROTATIONS):
-                mask = turns == k
-                if mask.any():
-                    x[mask] = torch.rot90(x[mask], k, dims=(-2, -1))
-        t, n, k, q = len(tasks), self.episode.ways, self.episode.shots, self.episode.queries
-        shape = x.shape[3:]
+            # Rotate the uint8 pixels (a quarter of the bytes of float32), grouped by turn.
+            turns = np.concatenate([np.repeat(quarter_turns, k, axis=1), np.repeat(quarter_turns, self.episode.queries, axis=1)], axis=1)
+            array = pixels.numpy()
+            for turn in range(1, ROTATIONS):
+                where = np.nonzero(turns == turn)
+                if len(where[0]):
+                    array[where] = np.rot90(array[where], turn, axes=(-2, -1))
         return ClassificationBatch(
-            support_x=x[:, :, :k].reshape(t, n * k, *shape),
+            support_x=pixels[:, : n * k].to(torch.float32).div_(255),  # x / 255, as the manifest documents
             support_y=self._support_y.expand(t, -1).clone(),
-            query_x=x[:, :, k:].reshape(t, n * q, *shape),
+            query_x=pixels[:, n * k :].to(torch.float32).div_(255),
             query_y=self._query_y.expand(t, -1).clone(),
             class_index=torch.from_numpy(class_index),
             quarter_turns=torch.from_numpy(quarter_turns),
@@ -111,11 +116,20 @@ class EpisodeSampler:
             step=int(step),
         )
 
+    def _gather(self, slots: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+        """uint8 [T, N·(K+Q), C, H, W]: all support examples (class by class), then all queries.
+
+        One index_select over the flattened arena, straight into the final layout: no float copies to slice.
+        """
+        t, n = slots.shape
+        k, q = self.episode.shots, self.episode.queries
+        arena = self.cache.arena
+        flat = slots[..., None] * arena.shape[1] + rows  # [T, N, K+Q] rows of arena.view(-1, C, H, W)
+        order = np.concatenate([flat[..., :k].reshape(t, n * k), flat[..., k:].reshape(t, n * q)], axis=1)
+        picked = arena.view(-1, *arena.shape[2:]).index_select(0, torch.from_numpy(order.reshape(-1)))
+        return picked.view(t, n * (k + q), *arena.shape[2:])
+
     @staticmethod
     def _unique(class_index: np.ndarray):
         unique, inverse = np.unique(class_index, return_inverse=True)
         return unique, inverse.reshape(class_index.shape)
-
-    def _gather(self, unique: np.ndarray, inverse: np.ndarray, rows: np.ndarray) -> torch.Tensor:
-        slots = self.cache.ensure(unique)[inverse]  # [T, N]
-        return self.cache.arena[torch.from_numpy(slots)[..., None], torch.from_numpy(rows)]

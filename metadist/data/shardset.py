@@ -39,6 +39,9 @@ class ShardSet:
         self.preprocessing = ImagePreprocessing.from_dict(self.manifest.preprocessing)
         self._expected_example_type = schema.example_type(self.manifest.example_encoding, self.manifest.example_shape)
         self._open: OrderedDict[int, object] = OrderedDict()  # shard index → IPC reader or ParquetFile
+        self._batches_needed = [0] * len(self.manifest.shards)  # per shard: 1 + its highest class batch
+        for c in self.manifest.classes:
+            self._batches_needed[c.shard] = max(self._batches_needed[c.shard], c.batch + 1)
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -93,9 +96,8 @@ class ShardSet:
         except (pa.ArrowInvalid, OSError) as exc:
             raise ShardError(f"{where}: not a readable {self.manifest.file_format} shard ({exc})") from exc
         self._check_schema(file_schema, where)
-        needed = max((c.batch for c in self.manifest.classes if c.shard == shard), default=-1)
-        if batches <= needed:
-            raise ShardError(f"{where}: has {batches} batches, the manifest needs {needed + 1}")
+        if batches < self._batches_needed[shard]:
+            raise ShardError(f"{where}: has {batches} batches, the manifest needs {self._batches_needed[shard]}")
         self._open[shard] = reader
         while len(self._open) > self.max_open_shards:
             self._open.popitem(last=False)  # dropping the reader unmaps / closes the file
@@ -131,8 +133,10 @@ class ShardSet:
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
         if self.manifest.example_encoding == "tensor":
-            flat = column.storage.flatten().to_numpy(zero_copy_only=False)
-            return flat.reshape((info.count, *self.manifest.example_shape))
+            flat = column.storage.flatten()
+            # Straight from the Arrow buffer (zero-copy on a memory map); to_numpy() would import pandas.
+            pixels = np.frombuffer(flat.buffers()[1], dtype=np.uint8, count=len(flat), offset=flat.offset)
+            return pixels.reshape((info.count, *self.manifest.example_shape))
         sources = table.column("source").to_pylist()
         out = np.empty((info.count, *self.manifest.example_shape), np.uint8)
         for i, data in enumerate(column.to_pylist()):
