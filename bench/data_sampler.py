@@ -348,12 +348,14 @@ def machine_info(l2l_rows: list[dict | None]) -> dict:
         "numpy": numpy.__version__,
         "learn2learn_env": l2l_versions,
         "threads": THREADS,
-        # The sampler is under active development: which code these figures belong to.
-        "sources_sha256": {
-            name: hashlib.sha256((REPO / "metadist" / "data" / name).read_bytes()).hexdigest()[:16]
-            for name in ("sampler.py", "cache.py", "rng.py", "shardset.py")
-        },
+        "sources_sha256": source_hashes(),
     }
+
+
+def source_hashes() -> dict[str, str]:
+    """Which version of the data layer the figures belong to (it is under active development)."""
+    names = ("sampler.py", "cache.py", "rng.py", "shardset.py")
+    return {name: hashlib.sha256((REPO / "metadist" / "data" / name).read_bytes()).hexdigest()[:16] for name in names}
 
 
 def fmt_rate(result: dict | None) -> str:
@@ -380,14 +382,14 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def speed_table(rows: list[dict]) -> str:
     header = ["Episodes (1-shot, 5 queries)", "learn2learn", "metadist, 1 per call", "speed-up",
-              f"metadist, {META_BATCH} per call", "speed-up", "target"]  # fmt: skip
+              f"metadist, {META_BATCH} per call", "speed-up", "target"]
     return markdown_table(
         header,
         [
             [r["name"], fmt_rate(r["learn2learn"]),
              fmt_rate(r["metadist_1"]), fmt_ratio(r["speedup_metadist_1"], r["target_met_metadist_1"]),
              fmt_rate(r["metadist_32"]), fmt_ratio(r["speedup_metadist_32"], r["target_met_metadist_32"]),
-             f"≥ {r['target_speedup']:g}×"]  # fmt: skip
+             f"≥ {r['target_speedup']:g}×"]
             for r in rows
         ],
     )
@@ -405,7 +407,7 @@ def scale_table(rows: list[dict]) -> str:
         [
             [f"small1 × {r['factor']}", f"{r['classes']:,}", str(r["shards"]), str(r["cache_slots"]),
              f"{r['classes_loaded']:,}", f"{r['episodes_per_s']:,.0f}",
-             f"{r['memory_mb']['peak_rss']:.0f}", f"{r['memory_mb']['rss_anon']:.0f}"]  # fmt: skip
+             f"{r['memory_mb']['peak_rss']:.0f}", f"{r['memory_mb']['rss_anon']:.0f}"]
             for r in rows
         ],
     )
@@ -476,6 +478,8 @@ def notes(report: dict) -> list[str]:
             "- metadist's RSS before the first episode is the interpreter, torch, pyarrow and metadist. About 30 MiB "
             "more comes with the first class read from a shard: pyarrow's `to_numpy()` imports pandas."
         )
+    if report["sources_changed_during_run"]:
+        lines.append("- metadist's data-layer sources changed while this ran: the figures mix two versions; run it again.")
     lines += [
         "- learn2learn's `sample()` returns one tensor of N·(K+Q) images and their labels; metadist's `sample()` also "
         "splits support from query and converts uint8 pixels to float32.",
@@ -495,10 +499,15 @@ def doc_section(report: dict) -> str:
         if l2l
         else f"learn2learn side not run (no learn2learn virtualenv; build one with {SETUP_L2L})"
     )
+    sources = ", ".join(f"{name} `{digest[:8]}`" for name, digest in m["sources_sha256"].items())
+    runs = f"{s['repeats']} timed run" + ("s" if s["repeats"] != 1 else "")
     return f"""{DOC_SECTION}
 
 `{COMMAND}` (or `make bench-data`), run on {m['date'][:10]}: {m['cores']} cores ({m['cpu']}), Python {m['python']},
-torch {m['torch']}, pyarrow {m['pyarrow']}, numpy {m['numpy']}; {l2l_line}. Raw figures: `bench/results/data_sampler.json`.
+torch {m['torch']}, pyarrow {m['pyarrow']}, numpy {m['numpy']};
+{l2l_line}.
+metadist's data layer as measured (SHA-256 prefixes): {sources}.
+Raw figures: `bench/results/data_sampler.json`.
 
 Both sides sample Omniglot images_background_small1 (136 characters × 20 drawings, 28×28, inverted, x / 255) in
 one process with `torch.set_num_threads({m['threads']})`. learn2learn: `TaskDataset(MetaDataset(in-memory dataset),
@@ -506,8 +515,8 @@ one process with `torch.set_num_threads({m['threads']})`. learn2learn: `TaskData
 num_tasks=-1).sample()`, the transforms of its own Omniglot benchmark, one episode per call. metadist:
 `EpisodeSampler(ShardSet(bundled://omniglot-small1), cache_mb={SPEED_CACHE_MB}).sample(step, tasks)` with one task per
 call (the same unit of work) and with {META_BATCH} tasks per call (how the trainer calls it).
-Each figure: {s['processes']} fresh processes, each a {s['warmup_s']:g} s warm-up then {s['repeats']} timed run(s) of at
-least {s['seconds']:g} s; the median episodes/s over all timed runs, with their range in brackets.
+Each figure: {s['processes']} fresh processes, each a {s['warmup_s']:g} s warm-up then {runs} of at least {s['seconds']:g} s;
+the median episodes/s over all timed runs, with their range in brackets.
 
 ### Episodes per second
 
@@ -579,7 +588,7 @@ def main() -> None:
     if args.worker:
         {"speed": worker_speed, "scale": worker_scale}[args.worker](args)
         return
-    started = time.perf_counter()
+    started, sources = time.perf_counter(), source_hashes()
     l2l_python = resolve_l2l_python(args.l2l_python)
     uri = small1_uri()
     with tempfile.TemporaryDirectory(prefix="metadist-bench-") as tmp:
@@ -596,11 +605,12 @@ def main() -> None:
             "seed": SEED, "meta_batch": META_BATCH, "speed_cache_mb": SPEED_CACHE_MB, "learn2learn_python": l2l_python,
             "scale": {"shard_mb": SCALE_SHARD_MB, "cache_mb": SCALE_CACHE_MB, "episodes": SCALE_EPISODES,
                       "tasks_per_call": SCALE_TASKS_PER_CALL},
-        },  # fmt: skip
+        },
         "speed": speed,
         "scale": {"rows": scale, "verdict": flat_verdict(scale)},
     }
     report["elapsed_s"] = time.perf_counter() - started
+    report["sources_changed_during_run"] = sources != report["machine"]["sources_sha256"]
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     section = doc_section(report)
