@@ -13,13 +13,12 @@ import shutil
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 from pydantic import ValidationError
 
+from tests.synthetic import drawing
 from metadist.cli import main
 from metadist.config import EpisodeConfig, SplitConfig, TaskSourceConfig
 from metadist.data import EpisodeSampler, ImagePreprocessing, ShardSet, import_image_folder, import_omniglot
@@ -30,18 +29,6 @@ ALPHABETS = {"Alpha": 3, "Beta": 3}
 
 
 # -- synthetic inputs ------------------------------------------------------------------------------------------
-def _png(seed: int, size: int = 16) -> bytes:
-    rng = np.random.default_rng(seed)
-    pixels = np.full((size, size), 255, np.uint8)
-    for _ in range(3):
-        r, c = rng.integers(1, size - 1, 2)
-        pixels[r, :] = 0
-        pixels[:, c] = 0
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _omniglot_files(top: str = "images_background", alphabets=ALPHABETS, drawings: int = 20, seed: int = 0):
     """(relative path, PNG bytes) in the Omniglot layout <top>/<alphabet>/characterNN/<n>.png."""
     k = seed
@@ -49,7 +36,7 @@ def _omniglot_files(top: str = "images_background", alphabets=ALPHABETS, drawing
         for c in range(1, characters + 1):
             n = drawings(alphabet, c) if callable(drawings) else drawings
             for d in range(1, n + 1):
-                yield f"{top}/{alphabet}/character{c:02d}/{c:04d}_{d:02d}.png", _png(k)
+                yield f"{top}/{alphabet}/character{c:02d}/{c:04d}_{d:02d}.png", drawing(k)
                 k += 1
 
 
@@ -495,7 +482,7 @@ def test_input_without_drawings_is_named(tmp_path):
 
 def test_image_folder_mixing_two_and_three_levels_is_refused(tmp_path):
     root = tmp_path / "mixed"
-    _write_folder(root, [("cat/1.png", _png(1)), ("cat/2.png", _png(2)), ("animals/dog/1.png", _png(3))])
+    _write_folder(root, [("cat/1.png", drawing(1)), ("cat/2.png", drawing(2)), ("animals/dog/1.png", drawing(3))])
     with pytest.raises(DataImportError, match="mixes") as err:
         import_image_folder(str(root), str(tmp_path / "out"), preprocessing=ImagePreprocessing(), progress=False)
     assert str(root) in str(err.value)

@@ -6,17 +6,15 @@ the requests it answers, so the tests can tell a download from a reuse of an ear
 
 from __future__ import annotations
 
-import io
 import threading
 import zipfile
 from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from tests.synthetic import make_omniglot_zip
 from metadist.cli import main
 from metadist.data import ShardSet, import_omniglot
 from metadist.data.fetch import download, fetch_omniglot
@@ -30,33 +28,10 @@ ALL_GROUPS = {"Alpha": 2, "Beta": 1, "Gamma": 2}
 
 
 # -- synthetic archives ----------------------------------------------------------------------------------------
-def _png(seed: int, size: int = 16) -> bytes:
-    rng = np.random.default_rng(seed)
-    pixels = np.full((size, size), 255, np.uint8)
-    for _ in range(3):
-        r, c = rng.integers(1, size - 1, 2)
-        pixels[r, :] = 0
-        pixels[:, c] = 0
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _omniglot_zip(path: Path, top: str, alphabets: dict[str, int], drawings: int = 5, seed: int = 0) -> Path:
-    k = seed
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
-        for alphabet, characters in alphabets.items():
-            for c in range(1, characters + 1):
-                for d in range(1, drawings + 1):
-                    archive.writestr(f"{top}/{alphabet}/character{c:02d}/{c:04d}_{d:02d}.png", _png(k))
-                    k += 1
-    return path
-
-
 def _write_archives(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    _omniglot_zip(folder / "images_background.zip", "images_background", BACKGROUND)
-    _omniglot_zip(folder / "images_evaluation.zip", "images_evaluation", EVALUATION, seed=1000)
+    make_omniglot_zip(folder / "images_background.zip", "images_background", BACKGROUND, drawings=5)
+    make_omniglot_zip(folder / "images_evaluation.zip", "images_evaluation", EVALUATION, drawings=5, seed=1000)
     return folder
 
 
@@ -210,7 +185,7 @@ def test_404_names_the_url_and_leaves_no_partial_file(mirror, tmp_path):
     assert not (out / "manifest.json").exists()
 
     # once the mirror has it, a retry downloads only what is missing
-    _omniglot_zip(mirror.root / "images_evaluation.zip", "images_evaluation", EVALUATION, seed=1000)
+    make_omniglot_zip(mirror.root / "images_evaluation.zip", "images_evaluation", EVALUATION, drawings=5, seed=1000)
     manifest = fetch_omniglot(downloads, str(out), base_url=mirror.url, progress=False)
     assert mirror.requests.count("/images_background.zip") == 1 and mirror.requests.count("/images_evaluation.zip") == 2
     assert manifest.groups() == ALL_GROUPS

@@ -18,6 +18,7 @@ from metadist.data import (
     import_omniglot,
 )
 from metadist.config import EpisodeConfig
+from tests.synthetic import make_omniglot_zip
 
 
 def test_omniglot_zip_and_extracted_folder_give_identical_shards(tmp_path, tiny_omniglot_zip):
@@ -45,8 +46,6 @@ def test_omniglot_preprocessing_is_the_maml_one_and_recorded(tmp_path, tiny_omni
 
 
 def test_several_omniglot_inputs_merge_into_one_set(tmp_path, tiny_omniglot_zip):
-    from tests.conftest import make_omniglot_zip
-
     evaluation = make_omniglot_zip(tmp_path / "images_evaluation.zip", "images_evaluation", {"Gamma": 2}, seed=99)
     manifest = import_omniglot([str(tiny_omniglot_zip), str(evaluation)], str(tmp_path / "full"), progress=False)
     assert manifest.groups() == {"Alpha": 3, "Beta": 4, "Gamma": 2}

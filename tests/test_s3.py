@@ -7,7 +7,6 @@ byte for byte (shard files and manifest), class by class (`read_class`) and epis
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import socket
 import subprocess
@@ -16,14 +15,13 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from tests.synthetic import make_omniglot_zip
 from metadist.config import EpisodeConfig, SplitConfig
 from metadist.data import EpisodeSampler, ShardSet, import_omniglot
 from metadist.errors import ShardError
@@ -37,34 +35,10 @@ FORMATS = ("arrow", "parquet")
 
 
 # -- synthetic Omniglot ----------------------------------------------------------------------------------------
-def _png(seed: int, size: int = 16) -> bytes:
-    rng = np.random.default_rng(seed)
-    pixels = np.full((size, size), 255, np.uint8)
-    for _ in range(3):
-        r, c = rng.integers(1, size - 1, 2)
-        pixels[r, :] = 0
-        pixels[:, c] = 0
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _omniglot_zip(path: Path, top: str, alphabets: dict[str, int], drawings: int = 20, seed: int = 0) -> Path:
-    """<top>/<alphabet>/characterNN/<n>.png, every drawing different."""
-    k = seed
-    with zipfile.ZipFile(path, "w") as archive:
-        for alphabet, characters in alphabets.items():
-            for c in range(1, characters + 1):
-                for d in range(1, drawings + 1):
-                    archive.writestr(f"{top}/{alphabet}/character{c:02d}/{c:04d}_{d:02d}.png", _png(k))
-                    k += 1
-    return path
-
-
 @pytest.fixture(scope="module")
 def synthetic_zip(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("s3-input")
-    return _omniglot_zip(folder / "images_background.zip", "images_background", {"Alpha": 3, "Beta": 3})
+    return make_omniglot_zip(folder / "images_background.zip", "images_background", {"Alpha": 3, "Beta": 3})
 
 
 @pytest.fixture(scope="module")
@@ -285,7 +259,7 @@ def test_existing_s3_shard_set_is_kept_without_overwrite_and_replaced_with_it(sy
     assert _s3_files(s3, prefix) == before
     ShardSet(uri, storage_options=storage_options).verify()
 
-    other = _omniglot_zip(tmp_path / "other.zip", "images_evaluation", {"Gamma": 2}, seed=1000)
+    other = make_omniglot_zip(tmp_path / "other.zip", "images_evaluation", {"Gamma": 2}, seed=1000)
     manifest = import_omniglot([str(other)], uri, file_format="parquet", overwrite=True, storage_options=storage_options, progress=False)
     after = _s3_files(s3, prefix)
     assert sorted(after) == sorted(["manifest.json", *(s.path for s in manifest.shards)])  # the old shards are gone

@@ -8,7 +8,7 @@ MAML differentiates through the inner loop (Hessian-vector products included); f
 from __future__ import annotations
 
 import torch
-from torch.func import grad, grad_and_value, vmap
+from torch.func import grad_and_value, vmap
 
 from metadist.algorithms.base import MetaLearner, Update
 from metadist.algorithms.functional import Params, accuracy, sgd_adapt
