@@ -122,3 +122,152 @@ class OptimizerConfig(_Strict):
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         return self
+
+
+# -- the job ---------------------------------------------------------------------------------------------------
+# The development protocol: meta-train on the bundled small1 background set, measure on the 106 characters of
+# the three alphabets that only small2 has (Lake et al.'s "minimal" splits).
+_DEV_TEST_GROUPS = ["Japanese_(katakana)", "Sanskrit", "Tagalog"]
+
+
+class DataConfig(_Strict):
+    """Where tasks come from: shard sets for classification, or a generated family for regression."""
+
+    train: TaskSourceConfig | None = Field(
+        default_factory=lambda: TaskSourceConfig(uri="bundled://omniglot-small1"),
+        description="meta-training tasks (classification); None with `regression` set",
+    )
+    test: TaskSourceConfig | None = Field(
+        default_factory=lambda: TaskSourceConfig(
+            uri="bundled://omniglot-small2", split=SplitConfig(groups=list(_DEV_TEST_GROUPS))
+        ),
+        description="held-out tasks for evaluation during and after training (classes never seen in training)",
+    )
+    episode: EpisodeConfig = Field(
+        default_factory=lambda: EpisodeConfig(rotations=True),
+        description="episode shape; Omniglot is trained with rotated classes as in MAML/ProtoNet",
+    )
+    test_rotations: bool = Field(
+        False, description="rotations at evaluation too; off, so held-out tasks are the characters as drawn"
+    )
+    regression: RegressionConfig | None = Field(
+        None, description="set for a regression job (train/test shard sets are then ignored and may be null)"
+    )
+
+    @property
+    def kind(self) -> str:
+        return "regression" if self.regression is not None else "classification"
+
+    @model_validator(mode="after")
+    def _sources(self) -> "DataConfig":
+        if self.regression is None and self.train is None:
+            raise ValueError("train must name a shard set (or set regression for a generated task family)")
+        return self
+
+
+class TrainConfig(_Strict):
+    """The outer loop: how long, how many tasks per step, where it runs, how often it reports."""
+
+    steps: int = Field(600, ge=1, description="outer steps; 600 × 32 tasks reach ~95% 5-way 1-shot on small1 with MAML")
+    meta_batch: int = Field(32, ge=1, description="tasks per outer step (MAML uses 32 on Omniglot)")
+    seed: int = Field(0, ge=0, description="seeds initialisation and every episode: same seed, same run")
+    time_budget_s: float | None = Field(None, gt=0, description="stop after this much training time (seconds)")
+    eval_every: int = Field(100, ge=0, description="held-out evaluation every N steps (0: only at the end)")
+    eval_episodes: int = Field(100, ge=1, description="episodes per evaluation during training")
+    final_eval_episodes: int = Field(600, ge=1, description="episodes of the final evaluation (600: the literature's protocol)")
+    log_every: int = Field(10, ge=1, description="log metrics every N steps")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads; None = torch's default")
+    device: str = Field("auto", description="'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'")
+
+    @model_validator(mode="after")
+    def _device(self) -> "TrainConfig":
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        return self
+
+
+class CheckpointConfig(_Strict):
+    """Self-describing checkpoints written through fsspec (safetensors + JSON; never pickle)."""
+
+    uri: str | None = Field(None, description="directory URI; None = outputs/<job name>/checkpoints")
+    every: int = Field(200, ge=0, description="save every N outer steps (0: only at the end)")
+    keep: int = Field(3, ge=1, description="periodic checkpoints kept (the final one is always kept)")
+
+
+class TrackingConfig(_Strict):
+    """MLflow tracking. The URI comes from here, else MLFLOW_TRACKING_URI, else a local store."""
+
+    enabled: bool = Field(True, description="record the run in MLflow")
+    uri: str | None = Field(None, description="tracking URI; None = $MLFLOW_TRACKING_URI or a local sqlite store")
+    experiment: str = Field("metadist", description="MLflow experiment name")
+    run_name: str | None = Field(None, description="MLflow run name; None = the job name")
+    log_checkpoints: bool = Field(True, description="upload checkpoints as run artifacts")
+    log_model: bool = Field(True, description="log the final model as an MLflow pyfunc that adapts and predicts")
+
+
+class JobConfig(_Strict):
+    """One meta-training job: everything `metadist train` needs, printed into every run and checkpoint."""
+
+    name: str = Field("omniglot-5way-1shot", description="job name (run name, output directory)")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "JobConfig":
+        metric = self.algorithm.name in ("protonet", "matching", "siamese")
+        if self.data.kind == "regression":
+            if metric:
+                raise ValueError(f"algorithm.name {self.algorithm.name!r} is a classifier; regression needs a weight-adapting algorithm")
+            if self.model.name != "mlp":
+                raise ValueError("model.name must be 'mlp' for regression (data.regression is set)")
+        elif self.model.name != "conv4":
+            raise ValueError("model.name must be 'conv4' for image classification (data.regression is not set)")
+        return self
+
+    def flat(self) -> dict[str, str]:
+        """Dotted key → value for every setting (MLflow params)."""
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, value) -> None:
+            if isinstance(value, dict) and value:
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                out[prefix] = "null" if value is None else str(value)
+
+        walk("", self.model_dump(mode="json"))
+        return out
+
+
+def load_job(path: str | None) -> JobConfig:
+    """The job in a YAML file (any fsspec URI), or the embedded default when path is None."""
+    if path is None:
+        return JobConfig()
+    import fsspec
+    import yaml
+
+    from metadist.errors import ConfigError
+
+    try:
+        with fsspec.open(path, "r") as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such job file") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a job file is a mapping of sections (data, model, algorithm ...), got {type(raw).__name__}")
+    from pydantic import ValidationError
+
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<top>'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path}: {problems}") from exc

@@ -19,3 +19,11 @@ class EpisodeError(MetadistError):
 
 class ConfigError(MetadistError):
     """A configuration value is invalid; the message names the field."""
+
+
+class CheckpointError(MetadistError):
+    """A checkpoint is missing, damaged, or does not fit what it is loaded into."""
+
+
+class PredictionError(MetadistError):
+    """A user's support or query input cannot be used (too few classes, unreadable or wrong-kind images)."""

@@ -13,13 +13,14 @@ from metadist.errors import MetadistError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from metadist.cli import data
+    from metadist.cli import data, train
 
     parser = argparse.ArgumentParser(prog="metadist", description="Distributed meta-training on Ray.")
     parser.add_argument("--version", action="version", version=f"metadist {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data.add_commands(commands)
+    train.add_commands(commands)
     return parser
 
 

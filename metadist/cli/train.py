@@ -1,0 +1,143 @@
+"""`metadist train | eval | predict`: meta-train a job, measure a checkpoint, use it on your own images."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import yaml
+
+from metadist.config import JobConfig, load_job
+from metadist.errors import ConfigError
+
+
+def add_commands(commands) -> None:
+    train = commands.add_parser("train", help="meta-train a job (no JOB: the embedded default, bundled Omniglot 5-way 1-shot)")
+    train.add_argument("job", nargs="?", help="job file (YAML, any fsspec URI); see jobs/")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a setting, e.g. --set train.steps=100 --set algorithm.name=fomaml (repeatable)")
+    train.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                       help="continue from the newest checkpoint of the job (or the given checkpoint file/folder)")
+    train.add_argument("--print-config", action="store_true", help="print the resolved job and exit")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    train.set_defaults(handler=_train)
+
+    ev = commands.add_parser("eval", help="held-out accuracy (or MSE) of a checkpoint with a 95%% confidence interval")
+    ev.add_argument("--checkpoint", required=True, help="checkpoint file, or a folder (its newest checkpoint)")
+    ev.add_argument("--episodes", type=int, help="test episodes (default: the job's train.final_eval_episodes, 600)")
+    ev.add_argument("--data", help="test shard set URI (default: the job's data.test)")
+    ev.add_argument("--groups", nargs="+", help="only these groups (alphabets) of the test shard set")
+    ev.add_argument("--ways", type=int)
+    ev.add_argument("--shots", type=int)
+    ev.add_argument("--queries", type=int)
+    ev.add_argument("--inner-steps", type=int, help="adaptation steps (default: the job's algorithm.eval_inner_steps)")
+    ev.add_argument("--seed", type=int, help="episode seed (default: the job's)")
+    ev.add_argument("--json", action="store_true", help="print the result as JSON")
+    ev.set_defaults(handler=_eval)
+
+    pr = commands.add_parser("predict", help="adapt to a support folder (<class>/<images>) and classify query images")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("--support", required=True, help="folder with one sub-folder of images per class")
+    pr.add_argument("--query", required=True, nargs="+", help="query image files and/or folders")
+    pr.add_argument("--inner-steps", type=int, help="adaptation steps (default: the checkpoint's algorithm.eval_inner_steps)")
+    pr.add_argument("--device", default="cpu")
+    pr.set_defaults(handler=_predict)
+
+
+# -- train -----------------------------------------------------------------------------------------------------------
+def apply_overrides(job: JobConfig, overrides: list[str]) -> JobConfig:
+    """KEY=VALUE settings (dotted keys, YAML values) on top of a job; validated like the job file."""
+    raw = job.model_dump(mode="json")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.steps=100")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {} if node.get(part) is None else node[part]
+                if not isinstance(node[part], dict):
+                    raise ConfigError(f"--set {key}: {part!r} is not a section")
+            node = node[part]
+        node[parts[-1]] = yaml.safe_load(value)
+    from pydantic import ValidationError
+
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"--set: {problems}") from exc
+
+
+def _train(args) -> int:
+    from metadist.training import LocalTrainer
+
+    job = apply_overrides(load_job(args.job), args.overrides)
+    text = yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)
+    if args.print_config:
+        print(text, end="")
+        return 0
+    print(f"# metadist job {job.name}\n{text}", file=sys.stderr)
+    trainer = LocalTrainer(job, resume=args.resume, progress=not args.no_progress)
+    result = trainer.run()
+    print(f"checkpoint: {result.checkpoint_uri}")
+    if result.run_id:
+        print(f"mlflow run: {result.run_id}")
+    for key, estimate in result.test.items():
+        print(f"test {key}: {estimate}  ({estimate.n} episodes)")
+    return 0
+
+
+# -- eval ------------------------------------------------------------------------------------------------------------
+def _eval(args) -> int:
+    from metadist.config import SplitConfig, TaskSourceConfig
+    from metadist.training import checkpoint as ckpt_io
+    from metadist.training.evaluation import evaluate
+    from metadist.training.tasks import build, make_sampler, resolve_device
+
+    saved = ckpt_io.load(args.checkpoint)
+    job = saved.job
+    if args.seed is not None:
+        job = job.model_copy(update={"train": job.train.model_copy(update={"seed": args.seed})})
+    source, episode = None, None
+    if job.data.regression is None:
+        source = job.data.test or job.data.train
+        if args.data:
+            source = TaskSourceConfig(uri=args.data)
+        if args.groups:
+            source = source.model_copy(update={"split": SplitConfig(groups=args.groups)})
+        episode = job.data.episode.model_copy(update={"rotations": job.data.test_rotations})
+        updates = {k: getattr(args, k) for k in ("ways", "shots", "queries") if getattr(args, k) is not None}
+        episode = episode.model_copy(update=updates)
+        if saved.model_spec.outputs is not None and episode.ways > saved.model_spec.outputs:
+            raise ConfigError(f"--ways {episode.ways}: the checkpoint's head has {saved.model_spec.outputs} outputs")
+    sampler = make_sampler(job, "test", episode=episode, source=source)
+    device = resolve_device(job.train.device)
+    model, learner = build(job, saved.model_spec)
+    model.to(device)
+    params = {k: v.to(device) for k, v in saved.meta_params.items()}
+    episodes = args.episodes or job.train.final_eval_episodes
+    result = evaluate(learner, params, sampler, episodes=episodes, batch_size=job.train.meta_batch,
+                      inner_steps=args.inner_steps, device=device, progress=True)
+    if args.json:
+        print(json.dumps({k: {"mean": e.mean, "ci95": e.ci95, "episodes": e.n} for k, e in result.items()}, indent=2))
+    else:
+        what = f"{episode.ways}-way {episode.shots}-shot" if episode else job.data.regression.family
+        print(f"{args.checkpoint} (step {saved.step}), {what}, {episodes} episodes:")
+        for key, estimate in result.items():
+            print(f"  {key:18s} {estimate}")
+    return 0
+
+
+# -- predict ---------------------------------------------------------------------------------------------------------
+def _predict(args) -> int:
+    from metadist.inference import FewShotClassifier, read_queries, read_support
+
+    classifier = FewShotClassifier.from_checkpoint(args.checkpoint, device=args.device, inner_steps=args.inner_steps)
+    support_images, support_labels = read_support(args.support)
+    query_images, sources = read_queries(args.query)
+    predictions = classifier.predict(support_images, support_labels, query_images)
+    for source, prediction in zip(sources, predictions):
+        print(json.dumps({"query": source, "label": prediction.label, "scores": prediction.scores}))
+    return 0

@@ -1,0 +1,264 @@
+"""The single-process meta-trainer: `metadist train JOB.yaml` on one machine.
+
+The loop reads in the order it runs: sample tasks → compute the update (the learner's pure step function, the
+same one a distributed worker runs) → apply it (MetaOptimizer, the same one the parameter server holds) → log →
+evaluate → checkpoint. Episodes are a function of (seed, step, task index) and checkpoints hold the optimizer state
+and the next step, so a resumed run continues exactly where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch.func import vmap
+from tqdm.auto import tqdm
+
+from metadist.algorithms.functional import Params
+from metadist.algorithms.outer import MetaOptimizer
+from metadist.config import JobConfig
+from metadist.data import Prefetcher
+from metadist.errors import CheckpointError
+from metadist.training import checkpoint as ckpt_io
+from metadist.training.evaluation import Estimate, evaluate
+from metadist.training.tasks import build, make_sampler, model_spec, resolve_device, task_indices
+
+log = logging.getLogger(__name__)
+
+# Settings a resumed run must share with the checkpoint it resumes, or it would not continue the same run.
+RESUME_MUST_MATCH = ("data", "model", "algorithm", "optimizer", "train.seed", "train.meta_batch", "train.steps")
+
+
+@dataclass
+class TrainResult:
+    checkpoint_uri: str  # the final checkpoint
+    steps: int  # outer steps taken (sampled), including any skipped update
+    applied_steps: int
+    skipped_updates: int
+    test: dict[str, Estimate]  # final held-out evaluation
+    run_id: str | None  # MLflow run
+    history: list[dict] = field(default_factory=list)
+    stopped_by_time_budget: bool = False
+    train_time_s: float = 0.0
+
+
+def checkpoint_dir(job: JobConfig) -> str:
+    return job.checkpoint.uri or f"outputs/{job.name}/checkpoints"
+
+
+def resume_mismatches(saved: JobConfig, job: JobConfig) -> list[str]:
+    a, b = saved.flat(), job.flat()
+    return sorted(k for k in set(a) | set(b) if k.startswith(RESUME_MUST_MATCH) and a.get(k) != b.get(k))
+
+
+class LocalTrainer:
+    def __init__(self, job: JobConfig, *, resume: str | bool = False, progress: bool = True) -> None:
+        """resume: False; True = the newest checkpoint in the job's checkpoint directory; or a checkpoint URI."""
+        self.job = job
+        self.progress = progress
+        if job.train.threads:
+            torch.set_num_threads(job.train.threads)
+        self.device = resolve_device(job.train.device)
+        self.train_sampler = make_sampler(job, "train", progress=progress)
+        has_test = job.data.regression is not None or job.data.test is not None
+        self.test_sampler = make_sampler(job, "test", progress=progress) if has_test else None
+        self.spec = model_spec(job, self.train_sampler)
+        self.model, self.learner = build(job, self.spec)
+        self.model.to(self.device)
+        meta_params = {k: v.to(self.device) for k, v in self.learner.init_meta_params().items()}
+        self.optimizer = MetaOptimizer(
+            meta_params, job.optimizer, total_steps=job.train.steps, fixed_lr=getattr(self.learner, "fixed_outer_lr", None)
+        )
+        self.step = 0  # next sampler step
+        self.history: list[dict] = []
+        self.elapsed_s = 0.0  # training time of earlier sessions of this run
+        self.run_id: str | None = None
+        self._clock = time.perf_counter()
+        if resume:
+            self._restore(checkpoint_dir(job) if resume is True else resume)
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+    def _restore(self, uri: str) -> None:
+        saved = ckpt_io.load(uri)
+        wrong = resume_mismatches(saved.job, self.job)
+        if wrong:
+            raise CheckpointError(f"{uri}: cannot resume this job from it; these settings differ: {', '.join(wrong)}")
+        state = saved.trainer
+        self.optimizer.load_state_dict(
+            {"params": saved.meta_params, "optimizer": saved.optimizer, "step_count": state["applied_steps"], "skipped": state["skipped_updates"]}
+        )
+        self.step = saved.step
+        self.history = state.get("history", [])
+        self.elapsed_s = float(state.get("elapsed_s", 0.0))
+        self.run_id = state.get("mlflow_run_id")
+        log.info("resumed %s at step %d", uri, self.step)
+
+    def _checkpoint(self) -> ckpt_io.Checkpoint:
+        state = self.optimizer.state_dict()
+        return ckpt_io.Checkpoint(
+            job=self.job,
+            model_spec=self.spec,
+            step=self.step,
+            meta_params=state["params"],
+            optimizer=state["optimizer"] if self.optimizer.fixed_lr is None else None,
+            trainer={
+                "applied_steps": state["step_count"],
+                "skipped_updates": state["skipped"],
+                # Episodes are f(seed, step, task), so the sampler's whole state is its seed and the next step.
+                "sampler": {"seed": self.job.train.seed, "next_step": self.step},
+                "elapsed_s": self.elapsed_s,
+                "mlflow_run_id": self.run_id,
+                "history": self.history,
+            },
+        )
+
+    def save_checkpoint(self) -> str:
+        directory = checkpoint_dir(self.job)
+        uri = ckpt_io.save(self._checkpoint(), directory)
+        ckpt_io.prune(directory, self.job.checkpoint.keep)
+        return uri
+
+    # -- metrics ---------------------------------------------------------------------------------------------------
+    def _before_adaptation(self, params: Params, batch) -> dict[str, float]:
+        """Query metrics of the meta-parameters themselves (no adaptation): the 'before' curve."""
+        if not self.learner.adapts_weights:
+            return {}
+        with torch.no_grad():
+            out = vmap(self.learner.forward, in_dims=(None, 0))(self.learner.model_params(params), batch.query_x)
+            metrics = self.learner._per_task_metrics(out, batch.query_y, "before")
+        return {k: float(v.mean()) for k, v in metrics.items()}
+
+    def evaluate(self, episodes: int, progress: bool = False) -> dict[str, Estimate]:
+        if self.test_sampler is None:
+            return {}
+        return evaluate(
+            self.learner, self.optimizer.meta_params(), self.test_sampler,
+            episodes=episodes, batch_size=self.job.train.meta_batch, device=self.device, progress=progress,
+        )
+
+    # -- the loop ----------------------------------------------------------------------------------------------------
+    def run(self, tracker=None) -> TrainResult:
+        job = self.job
+        if tracker is None:
+            from metadist.tracking import open_tracker
+
+            tracker = open_tracker(job.tracking, job_name=job.name)
+        tracker.start(job, resume_run_id=self.run_id)
+        self.run_id = tracker.run_id
+        status = "FAILED"
+        try:
+            result = self._loop(tracker)
+            status = "FINISHED"
+            return result
+        except KeyboardInterrupt:
+            status = "KILLED"
+            log.warning("interrupted at step %d; saved %s (resume with --resume)", self.step, self.save_checkpoint())
+            raise
+        finally:
+            tracker.end(status)
+
+    def _loop(self, tracker) -> TrainResult:
+        job, train = self.job, self.job.train
+        tasks = task_indices(train.meta_batch)
+        budget_s = train.time_budget_s
+        stopped_by_budget = False
+        bar = tqdm(total=train.steps, initial=self.step, desc=job.name, unit="step", disable=not self.progress, dynamic_ncols=True)
+        window_tasks, window_start = 0, time.perf_counter()
+        self._clock = time.perf_counter()
+        sums: dict[str, float] = {}
+        batches = Prefetcher(lambda s: self.train_sampler.sample(s, tasks).to(self.device), range(self.step, train.steps), depth=2)
+        try:
+            for batch in batches:
+                params = {k: v.detach() for k, v in self.optimizer.params.items()}
+                update = self.learner.compute_update(params, batch)
+                result = self.optimizer.apply(update)
+                self.step += 1
+                window_tasks += update.num_tasks
+                for k, v in update.metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v / update.num_tasks
+
+                if self.step % train.log_every == 0 or self.step == train.steps:
+                    now = time.perf_counter()
+                    n_logged = train.log_every if self.step % train.log_every == 0 else (self.step % train.log_every)
+                    metrics = {k: v / n_logged for k, v in sums.items()}
+                    metrics.update(self._before_adaptation(params, batch))
+                    metrics.update(
+                        tasks_per_s=window_tasks / max(now - window_start, 1e-9),
+                        lr=result.lr,
+                        update_norm=result.update_norm if math.isfinite(result.update_norm) else float("nan"),
+                        skipped_updates=float(self.optimizer.skipped),
+                    )
+                    tracker.log_metrics(metrics, step=self.step)
+                    self.history.append({"step": self.step, **metrics})
+                    bar.set_postfix(_postfix(metrics), refresh=False)
+                    sums, window_tasks, window_start = {}, 0, now
+
+                if train.eval_every and self.step % train.eval_every == 0 and self.step < train.steps:
+                    held_out = {f"val_{k}": e.mean for k, e in self.evaluate(train.eval_episodes).items()}
+                    if held_out:
+                        tracker.log_metrics(held_out, step=self.step)
+                        self.history.append({"step": self.step, **held_out})
+                        bar.set_postfix({**_postfix(self.history[-2] if len(self.history) > 1 else {}), **_postfix(held_out)}, refresh=False)
+                    window_start = time.perf_counter()  # evaluation time is not training throughput
+
+                if job.checkpoint.every and self.step % job.checkpoint.every == 0 and self.step < train.steps:
+                    uri = self.save_checkpoint()
+                    if job.tracking.log_checkpoints:
+                        tracker.log_checkpoint(_local_path(uri), step=self.step)
+                    window_start = time.perf_counter()
+
+                bar.update(1)
+                self._fold_time()
+                if budget_s is not None and self.elapsed_s >= budget_s:
+                    stopped_by_budget = True
+                    log.info("time budget of %.0f s reached at step %d", budget_s, self.step)
+                    break
+        finally:
+            batches.close()
+            bar.close()
+        final_uri = self.save_checkpoint()
+        if job.tracking.log_checkpoints:
+            tracker.log_checkpoint(_local_path(final_uri), step=self.step)
+        test = self.evaluate(train.final_eval_episodes, progress=self.progress)
+        summary = {f"test_{k}": e.mean for k, e in test.items()} | {f"test_{k}_ci95": e.ci95 for k, e in test.items()}
+        summary.update(train_time_s=self.elapsed_s, steps=float(self.step), skipped_updates=float(self.optimizer.skipped))
+        tracker.log_summary(summary)
+        tracker.log_learning_curve(self.history)
+        if job.tracking.log_model:
+            tracker.log_model(_local_path(final_uri))
+        return TrainResult(
+            checkpoint_uri=final_uri, steps=self.step, applied_steps=self.optimizer.step_count,
+            skipped_updates=self.optimizer.skipped, test=test, run_id=self.run_id, history=self.history,
+            stopped_by_time_budget=stopped_by_budget, train_time_s=self.elapsed_s,
+        )
+
+    def _fold_time(self) -> None:
+        """Add the wall time since the last call to elapsed_s (which survives resumes, for time budgets)."""
+        now = time.perf_counter()
+        self.elapsed_s += now - self._clock
+        self._clock = now
+
+
+def _postfix(metrics: dict) -> dict[str, str]:
+    short = {"loss_after": "loss", "accuracy_after": "acc", "val_accuracy_after": "val_acc", "val_loss_after": "val_loss", "tasks_per_s": "tasks/s"}
+    return {name: f"{metrics[k]:.3g}" for k, name in short.items() if k in metrics}
+
+
+def _local_path(uri: str) -> str:
+    """MLflow uploads from a local path; checkpoints on remote storage are fetched to a temporary file first."""
+    import tempfile
+
+    from fsspec.implementations.local import LocalFileSystem
+
+    from metadist.data.uri import filesystem
+
+    fs, path = filesystem(uri)
+    if isinstance(fs, LocalFileSystem):
+        return path
+
+    local = tempfile.mkdtemp(prefix="metadist-ckpt-") + "/" + uri.rsplit("/", 1)[-1]
+    fs.get(path, local)
+    return local

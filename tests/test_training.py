@@ -1,0 +1,181 @@
+"""The local trainer, checkpoints and evaluation on tiny jobs (conv-4 with 8 filters, a handful of steps)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from metadist.cli.train import apply_overrides
+from metadist.config import JobConfig
+from metadist.errors import CheckpointError, ConfigError
+from metadist.training import LocalTrainer
+from metadist.training import checkpoint as ckpt_io
+from metadist.training.evaluation import Z95, estimate
+
+
+def tiny_job(small1_uri, small2_uri, tmp_path, *overrides: str) -> JobConfig:
+    base = [
+        f"data.train.uri={small1_uri}",
+        f"data.test.uri={small2_uri}",
+        "data.test.split.groups=[Tagalog]",
+        "data.episode.queries=2",
+        "model.hidden=8",
+        "train.meta_batch=4",
+        "train.steps=6",
+        "train.log_every=2",
+        "train.eval_every=0",
+        "train.final_eval_episodes=8",
+        "train.threads=1",
+        "checkpoint.every=3",
+        f"checkpoint.uri={tmp_path / 'ckpt'}",
+        "tracking.enabled=false",
+    ]
+    return apply_overrides(JobConfig(), base + list(overrides))
+
+
+def test_checkpoint_round_trip_through_memory_filesystem(small1_uri, small2_uri, tmp_path):
+    job = tiny_job(small1_uri, small2_uri, tmp_path)
+    trainer = LocalTrainer(job, progress=False)
+    trainer.run()
+    saved = ckpt_io.load(str(tmp_path / "ckpt"))  # a folder: its newest checkpoint
+    assert saved.step == 6 and saved.job == job
+    uri = ckpt_io.save(saved, "memory://ckpt-test/run")
+    again = ckpt_io.load(uri)
+    assert again.job == job and again.step == 6 and again.trainer == saved.trainer
+    assert again.model_spec == saved.model_spec
+    for k, v in saved.meta_params.items():
+        assert torch.equal(again.meta_params[k], v)
+    for i, entries in saved.optimizer["state"].items():
+        for key, value in entries.items():
+            assert torch.equal(torch.as_tensor(again.optimizer["state"][i][key]), torch.as_tensor(value))
+    assert again.optimizer["param_groups"] == saved.optimizer["param_groups"]
+
+
+def test_resumed_run_ends_with_the_same_parameters_as_an_uninterrupted_one(small1_uri, small2_uri, tmp_path):
+    straight = LocalTrainer(tiny_job(small1_uri, small2_uri, tmp_path / "a"), progress=False)
+    straight.run()
+
+    first = tiny_job(small1_uri, small2_uri, tmp_path / "b", "train.steps=6", "checkpoint.every=3")
+    interrupted = LocalTrainer(first, progress=False)
+    # Stop after 3 steps: a time budget of zero stops right after the first step, so run step by step instead.
+    interrupted.job = first.model_copy(update={"train": first.train.model_copy(update={"time_budget_s": 1e-9})})
+    interrupted.run()
+    assert interrupted.step == 1
+    resumed = LocalTrainer(first, resume=True, progress=False)
+    assert resumed.step == 1
+    resumed.run()
+    a, b = straight.optimizer.state_dict(), resumed.optimizer.state_dict()
+    assert b["step_count"] == a["step_count"] == 6
+    for k in a["params"]:
+        assert torch.equal(a["params"][k], b["params"][k]), k
+    for i in a["optimizer"]["state"]:
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(a["optimizer"]["state"][i][key], b["optimizer"]["state"][i][key])
+
+
+def test_resume_refuses_a_checkpoint_of_a_different_job(small1_uri, small2_uri, tmp_path):
+    LocalTrainer(tiny_job(small1_uri, small2_uri, tmp_path), progress=False).run()
+    other = tiny_job(small1_uri, small2_uri, tmp_path, "optimizer.lr=0.01", "train.seed=3")
+    with pytest.raises(CheckpointError, match=r"optimizer\.lr.*train\.seed"):
+        LocalTrainer(other, resume=True, progress=False)
+
+
+def test_periodic_checkpoints_are_pruned_and_the_final_one_is_kept(small1_uri, small2_uri, tmp_path):
+    job = tiny_job(small1_uri, small2_uri, tmp_path, "train.steps=8", "checkpoint.every=2", "checkpoint.keep=2")
+    LocalTrainer(job, progress=False).run()
+    assert [step for step, _ in ckpt_io.list_checkpoints(str(tmp_path / "ckpt"))] == [6, 8]
+    assert not list((tmp_path / "ckpt").glob(".partial-*"))
+
+
+def test_training_learns_and_reports_before_and_after_metrics(small1_uri, small2_uri, tmp_path):
+    job = tiny_job(small1_uri, small2_uri, tmp_path, "train.steps=30", "train.log_every=10", "checkpoint.every=0",
+                   "algorithm.name=protonet", "data.episode.ways=3", "train.final_eval_episodes=40")
+    result = LocalTrainer(job, progress=False).run()
+    logged = [h for h in result.history if "loss_after" in h]
+    assert [h["step"] for h in logged] == [10, 20, 30]
+    assert logged[-1]["loss_after"] < logged[0]["loss_after"]
+    assert set(result.test) == {"accuracy_after", "loss_after"}  # a metric learner has no "before"
+    assert result.test["accuracy_after"].mean > 1 / 3 + 0.1  # well above chance on unseen alphabets
+    maml = LocalTrainer(tiny_job(small1_uri, small2_uri, tmp_path / "m", "train.steps=2"), progress=False).run()
+    assert {"accuracy_before", "accuracy_after", "loss_before", "loss_after"} <= set(maml.test)
+    assert "accuracy_before" in maml.history[-1] and "tasks_per_s" in maml.history[-1]
+
+
+def test_sinusoid_regression_job_reduces_mse(tmp_path):
+    job = apply_overrides(JobConfig(), [
+        "data.regression={family: sinusoid}", "data.train=null", "data.test=null", "model.name=mlp",
+        "algorithm.inner_lr=0.01", "algorithm.eval_inner_steps=10", "train.steps=150", "train.meta_batch=10",
+        "optimizer.lr=0.005", "train.log_every=10", "train.eval_every=20", "train.eval_episodes=32",
+        "train.final_eval_episodes=200", "checkpoint.every=0", f"checkpoint.uri={tmp_path}", "tracking.enabled=false",
+    ])
+    trainer = LocalTrainer(job, progress=False)
+    untrained = trainer.evaluate(200)
+    result = trainer.run()
+    assert set(result.test) == {"loss_before", "loss_after"}
+    # The same 200 held-out tasks, adapted with 10 steps: meta-training lowers the adapted MSE.
+    assert result.test["loss_after"].mean < 0.8 * untrained["loss_after"].mean
+    assert any("val_loss_after" in h for h in result.history)
+
+
+def test_time_budget_stops_early_and_still_checkpoints(small1_uri, small2_uri, tmp_path):
+    job = tiny_job(small1_uri, small2_uri, tmp_path, "train.steps=1000", "train.time_budget_s=0.5", "checkpoint.every=0")
+    result = LocalTrainer(job, progress=False).run()
+    assert result.stopped_by_time_budget and 1 <= result.steps < 1000
+    assert ckpt_io.load(result.checkpoint_uri).step == result.steps
+
+
+def test_estimate_is_mean_and_normal_95_percent_interval():
+    values = np.array([0.2, 0.4, 0.6, 0.8])
+    e = estimate(values)
+    assert e.mean == pytest.approx(0.5)
+    assert e.ci95 == pytest.approx(Z95 * values.std(ddof=1) / 2)
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (b"", "not a metadist checkpoint"),
+        (b"\x10\x00\x00\x00\x00\x00\x00\x00{}", "not a metadist checkpoint"),
+    ],
+)
+def test_damaged_checkpoints_are_named(tmp_path, data, match):
+    path = tmp_path / "step-00000001.safetensors"
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError, match=match) as info:
+        ckpt_io.load(str(path))
+    assert str(path) in str(info.value)
+
+
+def test_foreign_safetensors_file_and_missing_paths(tmp_path):
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "weights.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="format 'pt'"):
+        ckpt_io.load(str(foreign))
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        ckpt_io.load(str(tmp_path / "nope.safetensors"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="holds no checkpoint"):
+        ckpt_io.load(str(tmp_path / "empty"))
+
+
+def test_overrides_and_job_files_name_the_bad_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.steps"):
+        apply_overrides(JobConfig(), ["train.steps=-1"])
+    with pytest.raises(ConfigError, match=r"train\.stepz"):
+        apply_overrides(JobConfig(), ["train.stepz=3"])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        apply_overrides(JobConfig(), ["train.steps"])
+    from metadist.config import load_job
+
+    bad = tmp_path / "job.yaml"
+    bad.write_text("algorithm:\n  name: mamll\n")
+    with pytest.raises(ConfigError, match=r"job\.yaml: algorithm.*mamll"):
+        load_job(str(bad))
+    bad.write_text("model: {name: mlp}\n")
+    with pytest.raises(ConfigError, match="model.name must be 'conv4'"):
+        load_job(str(bad))
+    with pytest.raises(ConfigError, match="no such job file"):
+        load_job(str(tmp_path / "missing.yaml"))
