@@ -147,8 +147,10 @@ class DataConfig(_Strict):
         default_factory=lambda: EpisodeConfig(rotations=True),
         description="episode shape; Omniglot is trained with rotated classes as in MAML/ProtoNet",
     )
-    test_rotations: bool = Field(
-        False, description="rotations at evaluation too; off, so held-out tasks are the characters as drawn"
+    test_episode: EpisodeConfig = Field(
+        default_factory=EpisodeConfig,
+        description="episode shape at evaluation; no rotations, so held-out tasks are the characters as drawn. "
+        "It may differ from training (ProtoNet trains with more ways than it is tested on)",
     )
     regression: RegressionConfig | None = Field(
         None, description="set for a regression job (train/test shard sets are then ignored and may be null)"
@@ -225,8 +227,15 @@ class JobConfig(_Strict):
                 raise ValueError(f"algorithm.name {self.algorithm.name!r} is a classifier; regression needs a weight-adapting algorithm")
             if self.model.name != "mlp":
                 raise ValueError("model.name must be 'mlp' for regression (data.regression is set)")
-        elif self.model.name != "conv4":
-            raise ValueError("model.name must be 'conv4' for image classification (data.regression is not set)")
+        else:
+            if self.model.name != "conv4":
+                raise ValueError("model.name must be 'conv4' for image classification (data.regression is not set)")
+            train_ways, test_ways = self.data.episode.ways, self.data.test_episode.ways
+            if not metric and test_ways > train_ways:
+                raise ValueError(
+                    f"data.test_episode.ways = {test_ways} exceeds data.episode.ways = {train_ways}: "
+                    f"a {self.algorithm.name} model's head has one output per training way"
+                )
         return self
 
     def flat(self) -> dict[str, str]:

@@ -16,7 +16,7 @@ def _train(tmp_path, small1_uri, small2_uri, name, *sets):
     args = ["train", "--no-progress"]
     for s in (
         f"name={name}", f"data.train.uri={small1_uri}", f"data.test.uri={small2_uri}", "data.test.split.groups=[Tagalog]",
-        "data.episode.queries=2", "model.hidden=8", "train.meta_batch=4", "train.steps=4", "train.log_every=2",
+        "data.episode.queries=2", "data.test_episode.queries=2", "model.hidden=8", "train.meta_batch=4", "train.steps=4", "train.log_every=2",
         "train.eval_every=0", "train.final_eval_episodes=8", "train.threads=1", f"checkpoint.uri={tmp_path / name}",
         "tracking.enabled=false", *sets,
     ):
@@ -30,7 +30,7 @@ def checkpoints(tmp_path_factory, small1_uri, small2_uri):
     tmp = tmp_path_factory.mktemp("cli-train")
     return {
         "protonet": _train(tmp, small1_uri, small2_uri, "proto", "algorithm.name=protonet"),
-        "maml": _train(tmp, small1_uri, small2_uri, "maml", "data.episode.ways=3"),
+        "maml": _train(tmp, small1_uri, small2_uri, "maml", "data.episode.ways=3", "data.test_episode.ways=3"),
         "sinusoid": _train(tmp, small1_uri, small2_uri, "sin", "data.regression={family: sinusoid}", "data.train=null",
                            "data.test=null", "model.name=mlp"),
     }

@@ -19,7 +19,7 @@ def tiny_job(small1_uri, small2_uri, tmp_path, *overrides: str) -> JobConfig:
         f"data.train.uri={small1_uri}",
         f"data.test.uri={small2_uri}",
         "data.test.split.groups=[Tagalog]",
-        "data.episode.queries=2",
+        "data.episode.queries=2", "data.test_episode.queries=2",
         "model.hidden=8",
         "train.meta_batch=4",
         "train.steps=6",
@@ -90,7 +90,7 @@ def test_periodic_checkpoints_are_pruned_and_the_final_one_is_kept(small1_uri, s
 
 def test_training_learns_and_reports_before_and_after_metrics(small1_uri, small2_uri, tmp_path):
     job = tiny_job(small1_uri, small2_uri, tmp_path, "train.steps=30", "train.log_every=10", "checkpoint.every=0",
-                   "algorithm.name=protonet", "data.episode.ways=3", "train.final_eval_episodes=40")
+                   "algorithm.name=protonet", "data.episode.ways=3", "data.test_episode.ways=3", "train.final_eval_episodes=40")
     result = LocalTrainer(job, progress=False).run()
     logged = [h for h in result.history if "loss_after" in h]
     assert [h["step"] for h in logged] == [10, 20, 30]
@@ -166,6 +166,9 @@ def test_overrides_and_job_files_name_the_bad_field(tmp_path):
         apply_overrides(JobConfig(), ["train.steps=-1"])
     with pytest.raises(ConfigError, match=r"train\.stepz"):
         apply_overrides(JobConfig(), ["train.stepz=3"])
+    with pytest.raises(ConfigError, match=r"data.test_episode.ways = 20 exceeds data.episode.ways = 5"):
+        apply_overrides(JobConfig(), ["data.test_episode.ways=20"])
+    apply_overrides(JobConfig(), ["data.test_episode.ways=20", "algorithm.name=protonet"])  # any ways for metric learners
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         apply_overrides(JobConfig(), ["train.steps"])
     from metadist.config import load_job

@@ -107,7 +107,7 @@ def _eval(args) -> int:
             source = TaskSourceConfig(uri=args.data)
         if args.groups:
             source = source.model_copy(update={"split": SplitConfig(groups=args.groups)})
-        episode = job.data.episode.model_copy(update={"rotations": job.data.test_rotations})
+        episode = job.data.test_episode
         updates = {k: getattr(args, k) for k in ("ways", "shots", "queries") if getattr(args, k) is not None}
         episode = episode.model_copy(update=updates)
         if saved.model_spec.outputs is not None and episode.ways > saved.model_spec.outputs:

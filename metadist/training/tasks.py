@@ -57,7 +57,7 @@ def make_sampler(job: JobConfig, split: str, *, progress: bool = True, episode: 
     if source is None:
         raise ValueError(f"data.{split} is not set: no shard set to draw {split} tasks from")
     if episode is None:
-        episode = data.episode if split == "train" else data.episode.model_copy(update={"rotations": data.test_rotations})
+        episode = data.episode if split == "train" else data.test_episode
     return EpisodeSampler(open_shards(source, progress=progress), episode, split=source.split, seed=seed, cache_mb=source.cache_mb)
 
 
