@@ -27,3 +27,7 @@ class CheckpointError(MetadistError):
 
 class PredictionError(MetadistError):
     """A user's support or query input cannot be used (too few classes, unreadable or wrong-kind images)."""
+
+
+class TrackingError(MetadistError):
+    """The tracking server or store cannot be reached or refuses the run; the message names the URI."""

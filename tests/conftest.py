@@ -9,6 +9,10 @@ import pytest
 
 from tests.synthetic import make_omniglot_zip
 
+# No test may send traffic beyond loopback: switch off the usage telemetry of MLflow, Ray and friends.
+for _key, _value in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "RAY_USAGE_STATS_ENABLED": "0"}.items():
+    os.environ.setdefault(_key, _value)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):

@@ -9,7 +9,6 @@ and the next step, so a resumed run continues exactly where the interrupted one 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -148,17 +147,17 @@ class LocalTrainer:
             tracker = open_tracker(job.tracking, job_name=job.name)
         tracker.start(job, resume_run_id=self.run_id)
         self.run_id = tracker.run_id
-        status = "FAILED"
         try:
             result = self._loop(tracker)
-            status = "FINISHED"
-            return result
         except KeyboardInterrupt:
-            status = "KILLED"
             log.warning("interrupted at step %d; saved %s (resume with --resume)", self.step, self.save_checkpoint())
+            _end_quietly(tracker, "KILLED")
             raise
-        finally:
-            tracker.end(status)
+        except BaseException:
+            _end_quietly(tracker, "FAILED")  # the training error is the one to see, not a tracking one after it
+            raise
+        tracker.end("FINISHED")
+        return result
 
     def _loop(self, tracker) -> TrainResult:
         job, train = self.job, self.job.train
@@ -166,9 +165,9 @@ class LocalTrainer:
         budget_s = train.time_budget_s
         stopped_by_budget = False
         bar = tqdm(total=train.steps, initial=self.step, desc=job.name, unit="step", disable=not self.progress, dynamic_ncols=True)
-        window_tasks, window_start = 0, time.perf_counter()
+        self._shown: dict[str, str] = {}
+        window = _Window(self.optimizer)
         self._clock = time.perf_counter()
-        sums: dict[str, float] = {}
         batches = Prefetcher(lambda s: self.train_sampler.sample(s, tasks).to(self.device), range(self.step, train.steps), depth=2)
         try:
             for batch in batches:
@@ -176,44 +175,30 @@ class LocalTrainer:
                 update = self.learner.compute_update(params, batch)
                 result = self.optimizer.apply(update)
                 self.step += 1
-                window_tasks += update.num_tasks
-                for k, v in update.metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v / update.num_tasks
+                window.add(update)
+                bar.update(1)
+                self._fold_time()
+                stopped_by_budget = budget_s is not None and self.elapsed_s >= budget_s
+                last = self.step == train.steps or stopped_by_budget
 
-                if self.step % train.log_every == 0 or self.step == train.steps:
-                    now = time.perf_counter()
-                    n_logged = train.log_every if self.step % train.log_every == 0 else (self.step % train.log_every)
-                    metrics = {k: v / n_logged for k, v in sums.items()}
+                if self.step % train.log_every == 0 or last:
+                    metrics = window.close(result)
                     metrics.update(self._before_adaptation(params, batch))
-                    metrics.update(
-                        tasks_per_s=window_tasks / max(now - window_start, 1e-9),
-                        lr=result.lr,
-                        update_norm=result.update_norm if math.isfinite(result.update_norm) else float("nan"),
-                        skipped_updates=float(self.optimizer.skipped),
-                    )
-                    tracker.log_metrics(metrics, step=self.step)
-                    self.history.append({"step": self.step, **metrics})
-                    bar.set_postfix(_postfix(metrics), refresh=False)
-                    sums, window_tasks, window_start = {}, 0, now
+                    self._record(tracker, bar, metrics, "")
 
-                if train.eval_every and self.step % train.eval_every == 0 and self.step < train.steps:
+                if train.eval_every and self.step % train.eval_every == 0 and not last:
                     held_out = {f"val_{k}": e.mean for k, e in self.evaluate(train.eval_episodes).items()}
                     if held_out:
-                        tracker.log_metrics(held_out, step=self.step)
-                        self.history.append({"step": self.step, **held_out})
-                        bar.set_postfix({**_postfix(self.history[-2] if len(self.history) > 1 else {}), **_postfix(held_out)}, refresh=False)
-                    window_start = time.perf_counter()  # evaluation time is not training throughput
+                        self._record(tracker, bar, held_out, "held-out ")
+                    window.restart()  # evaluation time is not training throughput
 
-                if job.checkpoint.every and self.step % job.checkpoint.every == 0 and self.step < train.steps:
+                if job.checkpoint.every and self.step % job.checkpoint.every == 0 and not last:
                     uri = self.save_checkpoint()
                     if job.tracking.log_checkpoints:
                         tracker.log_checkpoint(_local_path(uri), step=self.step)
-                    window_start = time.perf_counter()
+                    window.restart()
 
-                bar.update(1)
-                self._fold_time()
-                if budget_s is not None and self.elapsed_s >= budget_s:
-                    stopped_by_budget = True
+                if stopped_by_budget:
                     log.info("time budget of %.0f s reached at step %d", budget_s, self.step)
                     break
         finally:
@@ -235,6 +220,15 @@ class LocalTrainer:
             stopped_by_time_budget=stopped_by_budget, train_time_s=self.elapsed_s,
         )
 
+    def _record(self, tracker, bar, metrics: dict[str, float], label: str) -> None:
+        tracker.log_metrics(metrics, step=self.step)
+        self.history.append({"step": self.step, **metrics})
+        # Held-out figures join the training ones on the bar until the next training line replaces them all.
+        self._shown = {**self._shown, **_postfix(metrics)} if label else _postfix(metrics)
+        bar.set_postfix(self._shown, refresh=False)
+        if not self.progress:  # logs stand in for the bar (batch jobs, `ray job logs`)
+            log.info("step %d/%d %s%s", self.step, self.job.train.steps, label, _line(metrics))
+
     def _fold_time(self) -> None:
         """Add the wall time since the last call to elapsed_s (which survives resumes, for time budgets)."""
         now = time.perf_counter()
@@ -245,6 +239,50 @@ class LocalTrainer:
 def _postfix(metrics: dict) -> dict[str, str]:
     short = {"loss_after": "loss", "accuracy_after": "acc", "val_accuracy_after": "val_acc", "val_loss_after": "val_loss", "tasks_per_s": "tasks/s"}
     return {name: f"{metrics[k]:.3g}" for k, name in short.items() if k in metrics}
+
+
+class _Window:
+    """Training metrics averaged over the steps since the last log line, and the throughput over them."""
+
+    def __init__(self, optimizer: MetaOptimizer) -> None:
+        self.optimizer = optimizer
+        self.sums: dict[str, float] = {}
+        self.steps = 0
+        self.restart()
+
+    def restart(self) -> None:
+        """Start timing afresh (after an evaluation or a checkpoint), keeping the metric sums."""
+        self.tasks, self.start = 0, time.perf_counter()
+
+    def add(self, update) -> None:
+        self.steps += 1
+        self.tasks += update.num_tasks
+        for k, v in update.metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v / update.num_tasks
+
+    def close(self, result) -> dict[str, float]:
+        now = time.perf_counter()
+        metrics = {k: v / self.steps for k, v in self.sums.items()}
+        metrics.update(
+            tasks_per_s=self.tasks / max(now - self.start, 1e-9),
+            lr=result.lr,
+            update_norm=result.update_norm,
+            skipped_updates=float(self.optimizer.skipped),
+        )
+        self.sums, self.steps = {}, 0
+        self.restart()
+        return metrics
+
+
+def _end_quietly(tracker, status: str) -> None:
+    try:
+        tracker.end(status)
+    except Exception as exc:  # noqa: BLE001 - reported, then the original error propagates
+        log.error("could not mark the MLflow run %s: %s", status, exc)
+
+
+def _line(metrics: dict) -> str:
+    return " ".join(f"{name} {value}" for name, value in _postfix(metrics).items())
 
 
 def _local_path(uri: str) -> str:

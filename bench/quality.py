@@ -1,0 +1,158 @@
+"""Quality benchmark, development protocol: meta-train on bundled Omniglot small1, test on the 106 characters of
+small2's three new alphabets (Japanese (katakana), Sanskrit, Tagalog), 600 episodes, mean ± 95% CI.
+
+Run (each row in a fresh process, one after the other; wall time is the sum of the rows' budgets plus evaluation):
+
+    .venv/bin/python bench/quality.py                       # every row
+    .venv/bin/python bench/quality.py protonet-5way maml-5way --threads 2
+
+A row is a job: the embedded default (metadist.config.JobConfig) plus the overrides listed in ROWS, trained with
+`metadist.training.LocalTrainer` for its fixed number of steps or until its time budget, whichever comes first.
+The time-to-accuracy row (`time-to-accuracy`) trains for a wall-clock budget only (default 600 s), with
+evaluation during training switched off so all of the budget is training.
+
+Output: a table on stdout, bench/results/quality.json (merged by row name), and the section
+"## Learning layer: quality (development protocol)" of docs/benchmarks.md (only that section is replaced).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+RESULTS_PATH = BENCH_DIR / "results" / "quality.json"
+DOC_PATH = REPO / "docs" / "benchmarks.md"
+DOC_SECTION = "## Learning layer: quality (development protocol)"
+RESULT_MARK = "@@bench-result "
+
+COMMON = ["train.eval_every=0", "train.final_eval_episodes=600", "tracking.enabled=false", "checkpoint.every=0"]
+# ProtoNet and Matching Networks train with more ways than they are tested on (Snell et al. use 60-way);
+# 20-way keeps a step cheap on 2 cores. Rotated classes augment training as in the papers.
+ROWS: dict[str, dict] = {
+    "maml-5way": {"target": 0.97, "sets": ["algorithm.name=maml", "train.steps=3000"]},
+    "fomaml-5way": {"sets": ["algorithm.name=fomaml", "train.steps=3000"]},
+    "reptile-5way": {"sets": ["algorithm.name=reptile", "algorithm.inner_steps=5", "algorithm.inner_lr=0.1",
+                              "algorithm.eval_inner_steps=10", "optimizer.name=sgd", "optimizer.lr=1.0",
+                              "optimizer.schedule=cosine", "optimizer.clip_norm=null", "data.episode.queries=1",
+                              "train.steps=3000"]},
+    "protonet-5way": {"target": 0.97, "sets": ["algorithm.name=protonet", "data.episode.ways=20", "train.steps=3000"]},
+    "matching-5way": {"sets": ["algorithm.name=matching", "data.episode.ways=20", "train.steps=3000"]},
+    "siamese-5way": {"sets": ["algorithm.name=siamese", "data.episode.ways=20", "train.steps=3000"]},
+    "protonet-20way": {"target": 0.90, "sets": ["algorithm.name=protonet", "data.episode.ways=30", "data.test_episode.ways=20",
+                                               "train.steps=3000"]},
+    "maml-20way": {"target": 0.90, "sets": ["algorithm.name=maml", "data.episode.ways=20", "data.test_episode.ways=20",
+                                           "data.episode.queries=1", "algorithm.inner_lr=0.1", "algorithm.inner_steps=1",
+                                           "train.meta_batch=16", "train.steps=3000"]},
+    "sinusoid-maml": {"target_mse": 0.4, "sets": ["data.regression={family: sinusoid, shots: 5, queries: 10}", "data.train=null",
+                                                  "data.test=null", "model.name=mlp", "algorithm.inner_lr=0.01",
+                                                  "algorithm.eval_inner_steps=10", "train.meta_batch=25", "train.steps=20000"]},
+    "time-to-accuracy": {"target": 0.95, "budget_only": True, "sets": ["algorithm.name=protonet", "data.episode.ways=20",
+                                                                      "train.steps=1000000"]},
+}
+
+
+def run_row(name: str, budget_s: float, threads: int) -> dict:
+    """In this process: train the row's job and return its figures."""
+    import torch
+
+    from metadist.cli.train import apply_overrides
+    from metadist.config import JobConfig
+    from metadist.training import LocalTrainer
+
+    row = ROWS[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        sets = COMMON + row["sets"] + [f"name=bench-{name}", f"train.time_budget_s={budget_s}", f"train.threads={threads}",
+                                       f"checkpoint.uri={tmp}/ckpt"]
+        job = apply_overrides(JobConfig(), sets)
+        result = LocalTrainer(job, progress=sys.stderr.isatty()).run()
+    test = {k: {"mean": e.mean, "ci95": e.ci95, "episodes": e.n} for k, e in result.test.items()}
+    return {
+        "row": name, "overrides": row["sets"], "steps": result.steps, "train_time_s": result.train_time_s,
+        "stopped_by_time_budget": result.stopped_by_time_budget, "test": test, "threads": threads,
+        "tasks_per_step": job.train.meta_batch, "torch": torch.__version__, "date": dt.date.today().isoformat(),
+    }
+
+
+def row_in_subprocess(name: str, budget_s: float, threads: int) -> dict:
+    cmd = [sys.executable, str(Path(__file__)), "--one", name, "--budget-s", str(budget_s), "--threads", str(threads)]
+    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK)]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"row {name} failed (exit {proc.returncode})")
+    return json.loads(lines[-1][len(RESULT_MARK):])
+
+
+def describe(r: dict) -> tuple[str, str, str]:
+    test = r["test"]
+    if "accuracy_after" in test:
+        a = test["accuracy_after"]
+        figure = f"{100 * a['mean']:.1f}% ± {100 * a['ci95']:.1f}"
+        target = ROWS[r["row"]].get("target")
+        verdict = "" if target is None else (f"≥ {100 * target:.0f}%: " + ("met" if a["mean"] >= target else "missed"))
+    else:
+        m = test["loss_after"]
+        figure = f"MSE {m['mean']:.3f} ± {m['ci95']:.3f}"
+        target = ROWS[r["row"]].get("target_mse")
+        verdict = "" if target is None else (f"≤ {target}: " + ("met" if m["mean"] <= target else "missed"))
+    return figure, verdict, ", ".join(r["overrides"])
+
+
+def write_doc(results: dict[str, dict], budget_s: float) -> None:
+    lines = [
+        DOC_SECTION, "",
+        "`.venv/bin/python bench/quality.py [ROW ...]` — each row is the embedded default job (`metadist train` with no",
+        "file) plus the overrides shown, trained in a fresh process for its steps or its time budget, then tested on 600",
+        "episodes of the 106 characters of small2's new alphabets (mean ± 95% CI, 5 queries per class, no rotations).",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores. Raw figures: `bench/results/quality.json`.", "",
+        "| row | held-out result | target | steps (tasks/step) | training time | overrides |", "|---|---:|---|---:|---:|---|",
+    ]
+    for name, r in results.items():
+        figure, verdict, overrides = describe(r)
+        budget = " (time budget)" if r["stopped_by_time_budget"] else ""
+        lines.append(f"| {name} | {figure} | {verdict} | {r['steps']:,} ({r['tasks_per_step']}) | {r['train_time_s']:.0f} s{budget} | `{overrides}` |")
+    section = "\n".join(lines) + "\n"
+    doc = DOC_PATH.read_text() if DOC_PATH.exists() else "# Benchmarks\n"
+    start = doc.find(DOC_SECTION)
+    if start < 0:
+        doc = doc.rstrip("\n") + "\n\n" + section
+    else:
+        end = doc.find("\n## ", start + len(DOC_SECTION))
+        doc = doc[:start] + section + ("" if end < 0 else doc[end + 1 :])
+    DOC_PATH.write_text(doc)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("rows", nargs="*", help=f"rows to run (default: all): {', '.join(ROWS)}")
+    parser.add_argument("--budget-s", type=float, default=600, help="wall-clock training budget per row (default 600)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(RESULT_MARK + json.dumps(run_row(args.one, args.budget_s, args.threads)), flush=True)
+        return
+    unknown = [r for r in args.rows if r not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
+    results = json.loads(RESULTS_PATH.read_text()) if RESULTS_PATH.exists() else {}
+    for name in args.rows or list(ROWS):
+        r = row_in_subprocess(name, args.budget_s, args.threads)
+        results[name] = r
+        print(name, *describe(r)[:2], f"{r['steps']} steps, {r['train_time_s']:.0f} s", flush=True)
+        RESULTS_PATH.parent.mkdir(exist_ok=True)
+        RESULTS_PATH.write_text(json.dumps(results, indent=2, sort_keys=True))
+    ordered = {name: results[name] for name in ROWS if name in results}
+    write_doc(ordered, args.budget_s)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,533 @@
+"""The MLflow run of a training job: parameters, tags, metrics, checkpoints, plots, the final model.
+
+>>> tracker = open_tracker(job.tracking, job_name=job.name)    # a NullTracker when tracking is disabled
+>>> tracker.start(job)                                          # or start(job, resume_run_id=...) to continue
+>>> tracker.log_metrics({"loss_after": 0.41}, step=10)
+>>> tracker.end("FINISHED")
+
+Every call goes through an `MlflowClient` bound to the resolved URI and the run id, never through MLflow's
+process-wide active run, so trackers in several threads (or Ray actors) do not see each other. The one exception
+is `log_model`: MLflow's model logging reads the process-wide tracking URI, which is set for its duration only,
+under a lock.
+
+Where the run goes (`resolve_tracking_uri`): `tracking.uri`, else $MLFLOW_TRACKING_URI, else
+`sqlite:///<cwd>/mlflow.db` — the same local store MLflow 3 itself defaults to (its ./mlruns file store is in
+maintenance mode and refuses to open unless MLFLOW_ALLOW_FILE_STORE=true), made absolute so a later `chdir`
+cannot split a run across two stores. Artifacts of that local store go to <cwd>/mlruns/, as MLflow does; view
+both with `mlflow ui --backend-store-uri sqlite:///mlflow.db` run in the same directory.
+
+An unreachable http(s) server is reported by `start` at once (a /health probe), as a TrackingError naming
+the URI. Later, MLflow's own retry policy applies: MLFLOW_HTTP_REQUEST_MAX_RETRIES (default 7) with
+exponential backoff MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR (2) and MLFLOW_HTTP_REQUEST_TIMEOUT (120 s) per
+request, so a server that dies mid-run stalls a logging call for about 4 minutes before it raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import math
+import os
+import platform
+import re
+import ssl
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import Protocol
+
+import yaml
+
+import metadist
+from metadist.config import JobConfig, TrackingConfig
+from metadist.errors import TrackingError
+
+log = logging.getLogger(__name__)
+
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+LOCAL_STORE_NAME = "mlflow.db"  # MLflow 3's own default store name (mlflow.store.tracking.DEFAULT_TRACKING_URI)
+HEALTH_PROBE_TIMEOUT_S = 10.0
+# MLflow's limits (mlflow.utils.validation): a longer param value is rejected, so it is cut (job.yaml keeps all).
+MAX_PARAM_VALUE_CHARS = 6000
+TRUNCATION_MARK = "...[truncated; see job.yaml]"
+TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
+MODEL_NAME = "model"  # runs:/<run id>/model
+MODEL_TYPE = "metadist-few-shot-classifier"
+# What loading the pyfunc imports (mlflow, pandas, and metadist.inference's imports), pinned at log time.
+MODEL_REQUIREMENTS = ("mlflow", "pandas", "torch", "numpy", "pillow", "pydantic", "pyyaml", "safetensors", "fsspec",
+                      "pyarrow", "tqdm")
+# fsspec options under these names hold credentials: never written into params or job.yaml.
+_SECRET_KEY = re.compile(r"secret|token|passw|credential|private|session|auth|^key$|access_key|api_key", re.IGNORECASE)
+REDACTED = "<redacted>"
+_URI_PASSWORD = re.compile(r"(://[^/@:\s]+:)[^/@\s]+@")  # scheme://user:PASSWORD@host
+
+# Model.log reads MLflow's process-wide tracking URI; swapping it is serialised across trackers.
+_GLOBAL_URI_LOCK = threading.Lock()
+
+
+# -- where runs go -------------------------------------------------------------------------------------------------
+def resolve_tracking_uri(config: TrackingConfig) -> str:
+    """`config.uri`, else $MLFLOW_TRACKING_URI, else the local sqlite store `sqlite:///<cwd>/mlflow.db`."""
+    if config.uri:
+        return config.uri
+    if os.environ.get(TRACKING_URI_ENV):
+        return os.environ[TRACKING_URI_ENV]
+    return "sqlite:///" + str(Path.cwd().resolve() / LOCAL_STORE_NAME)
+
+
+def open_tracker(config: TrackingConfig, *, job_name: str) -> "Tracker":
+    """The job's tracker: an MlflowTracker, or a NullTracker when `config.enabled` is False."""
+    if not config.enabled:
+        return NullTracker()
+    return MlflowTracker(config, job_name=job_name)
+
+
+class Tracker(Protocol):
+    """What the trainer calls. `run_id` is None until `start` (and always, for the NullTracker)."""
+
+    run_id: str | None
+
+    def start(self, job: JobConfig, *, resume_run_id: str | None = None) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_checkpoint(self, local_path: str, step: int) -> None: ...
+    def log_learning_curve(self, history: list[dict]) -> None: ...
+    def log_summary(self, metrics: dict[str, float]) -> None: ...
+    def log_model(self, checkpoint_path: str) -> None: ...
+    def end(self, status: str = "FINISHED") -> None: ...
+
+
+class NullTracker:
+    """Tracking disabled: the same calls, recording nothing."""
+
+    run_id: str | None = None
+
+    def start(self, job: JobConfig, *, resume_run_id: str | None = None) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_checkpoint(self, local_path: str, step: int) -> None:
+        pass
+
+    def log_learning_curve(self, history: list[dict]) -> None:
+        pass
+
+    def log_summary(self, metrics: dict[str, float]) -> None:
+        pass
+
+    def log_model(self, checkpoint_path: str) -> None:
+        pass
+
+    def end(self, status: str = "FINISHED") -> None:
+        pass
+
+    def __enter__(self) -> "NullTracker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+# -- the MLflow run ------------------------------------------------------------------------------------------------
+class MlflowTracker:
+    """One MLflow run, addressed by id through a client bound to one tracking URI.
+
+    Metric values are logged as given, NaN and ±inf included: MLflow stores NaN as NaN and clamps ±inf to
+    ±1.797e308 (the largest double), so a diverged step shows in the charts instead of vanishing.
+    """
+
+    def __init__(self, config: TrackingConfig, *, job_name: str) -> None:
+        self.config = config
+        self.job_name = job_name
+        self.tracking_uri = resolve_tracking_uri(config)
+        self.display_uri = hide_password(self.tracking_uri)  # for messages and logs
+        self.run_id: str | None = None
+        self.experiment_id: str | None = None
+        self.model_uri: str | None = None  # set by log_model: where mlflow.pyfunc.load_model finds the model
+        self._job: JobConfig | None = None  # the (redacted) job of this run
+        self._client = None
+        self._system_metrics = None
+        self._ended = False
+        self._last_step = 0  # highest step given to log_metrics: where log_summary puts the final values
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------------
+    def start(self, job: JobConfig, *, resume_run_id: str | None = None) -> None:
+        """Create (or resume) the run and record the job: params, tags, `job.yaml`."""
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        if self.run_id is not None:
+            raise RuntimeError(f"tracker already started run {self.run_id}")
+        self._probe()
+        self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        safe_job = self._job = redact_job(job)
+        try:
+            if resume_run_id is not None:
+                self._resume(resume_run_id, safe_job)
+            else:
+                self._create(safe_job)
+        except MlflowException as exc:
+            if self.run_id is not None and resume_run_id is None:  # created, then failed: do not leave it RUNNING
+                with contextlib.suppress(MlflowException):
+                    self._client.set_terminated(self.run_id, status="FAILED")
+            raise TrackingError(f"{self.display_uri}: could not start the MLflow run: {exc.message}") from exc
+        self._system_metrics = _start_system_metrics(self.run_id, self.tracking_uri, resumed=resume_run_id is not None)
+        log.info("MLflow run %s in experiment %r at %s", self.run_id, self.config.experiment, self.display_uri)
+
+    def _create(self, job: JobConfig) -> None:
+        from mlflow.tracking.context.registry import resolve_tags
+
+        self.experiment_id = self._experiment_id()
+        tags = resolve_tags(run_tags(job))  # adds mlflow.user, mlflow.source.*, the git commit when there is one
+        run = self._client.create_run(self.experiment_id, tags=tags, run_name=self.config.run_name or self.job_name)
+        self.run_id = run.info.run_id
+        self._log_params(job.flat())
+        self._client.log_text(self.run_id, job_yaml(job), "job.yaml")
+
+    def _resume(self, run_id: str, job: JobConfig) -> None:
+        """Continue run `run_id`: status back to RUNNING, new params added, changed ones reported."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self._client.get_run(run_id)
+        except MlflowException as exc:
+            raise TrackingError(
+                f"{self.display_uri}: cannot resume MLflow run {run_id!r} ({exc.message}); point tracking.uri at the "
+                "store that holds it, or disable tracking"
+            ) from exc
+        self.run_id, self.experiment_id = run_id, run.info.experiment_id
+        self._client.update_run(run_id, status="RUNNING")
+        logged = run.data.params
+        flat = {k: _param_value(v) for k, v in job.flat().items()}
+        self._log_params({k: v for k, v in flat.items() if k not in logged})
+        changed = sorted(k for k, v in flat.items() if k in logged and logged[k] != v)
+        resumes = int(run.data.tags.get("metadist.resumes", "0")) + 1
+        self._client.set_tag(run_id, "metadist.resumes", str(resumes))
+        if changed:
+            # MLflow params are write-once: the resumed job's values are kept in its own job file and a tag.
+            log.warning("run %s resumed with changed settings %s (params keep the first values; see job.resume-%d.yaml)",
+                        run_id, changed, resumes)
+            self._client.set_tag(run_id, f"metadist.resume-{resumes}.changed", ",".join(changed)[:MAX_PARAM_VALUE_CHARS])
+        self._client.log_text(run_id, job_yaml(job), f"job.resume-{resumes}.yaml")
+
+    def _experiment_id(self) -> str:
+        from mlflow.exceptions import MlflowException
+
+        name = self.config.experiment
+        experiment = self._client.get_experiment_by_name(name)
+        if experiment is None:
+            try:
+                return self._client.create_experiment(name)
+            except MlflowException:
+                experiment = self._client.get_experiment_by_name(name)  # created meanwhile by another process
+                if experiment is None:
+                    raise
+        if experiment.lifecycle_stage != "active":
+            raise TrackingError(
+                f"{self.display_uri}: MLflow experiment {name!r} is deleted; restore it "
+                f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) or set tracking.experiment"
+            )
+        return experiment.experiment_id
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Close the run as FINISHED, FAILED or KILLED. A second call, or one before `start`, does nothing."""
+        if status not in TERMINAL_STATUSES:
+            raise ValueError(f"status must be one of {TERMINAL_STATUSES}, got {status!r}")
+        if self.run_id is None or self._ended:
+            return
+        if self._system_metrics is not None:
+            self._system_metrics.finish()
+            self._system_metrics = None
+        with self._failing_as_tracking_error(f"end run {self.run_id}"):
+            self._client.set_terminated(self.run_id, status=status)
+        self._ended = True
+
+    def __enter__(self) -> "MlflowTracker":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.end("FINISHED")
+        else:
+            self.end("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+
+    # -- logging -----------------------------------------------------------------------------------------------------
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Metrics at an outer step, in one request. Values are converted with float() (numpy, 0-d tensors)."""
+        from mlflow.entities import Metric
+
+        run_id = self._require_run()
+        timestamp_ms = int(time.time() * 1000)
+        entries = [Metric(key, float(value), timestamp_ms, int(step)) for key, value in metrics.items()]
+        with self._failing_as_tracking_error("log metrics"):
+            self._client.log_batch(run_id, metrics=entries)
+        self._last_step = max(self._last_step, int(step))
+
+    def log_checkpoint(self, local_path: str, step: int) -> None:
+        """Upload a checkpoint file (or directory) under `checkpoints/`; tags the run with the newest one."""
+        run_id = self._require_run()
+        path = Path(_local(local_path))
+        if not path.exists():
+            raise FileNotFoundError(f"{local_path}: no such checkpoint to log")
+        with self._failing_as_tracking_error(f"log checkpoint {local_path}"):
+            if path.is_dir():
+                self._client.log_artifacts(run_id, str(path), f"checkpoints/{path.name}")
+            else:
+                self._client.log_artifact(run_id, str(path), "checkpoints")
+            self._client.set_tag(run_id, "metadist.checkpoint", f"checkpoints/{path.name}")
+            self._client.set_tag(run_id, "metadist.checkpoint_step", str(int(step)))
+
+    def log_learning_curve(self, history: list[dict]) -> None:
+        """Draw the loss/accuracy curves of `history` into the artifact `plots/learning_curve.png`."""
+        from metadist.tracking.plots import save_learning_curve
+
+        run_id = self._require_run()
+        if not history:
+            log.warning("run %s: empty history, no learning curve logged", run_id)
+            return
+        with tempfile.TemporaryDirectory(prefix="metadist-plot-") as tmp:
+            png = save_learning_curve(history, Path(tmp) / "learning_curve.png", title=self.config.run_name or self.job_name)
+            with self._failing_as_tracking_error("log the learning curve"):
+                self._client.log_artifact(run_id, str(png), "plots")
+
+    def log_summary(self, metrics: dict[str, float]) -> None:
+        """Final metrics: logged as metrics and as `summary.json` (non-finite values are null there: JSON has no NaN).
+
+        The metrics go in at the last step logged so far (0 if none): MLflow shows a key's value at its highest
+        step, so a summary key that is also a training metric (skipped_updates) shows its final value, and
+        charts put the final evaluation at the end of the run.
+        """
+        from mlflow.entities import Metric
+
+        run_id = self._require_run()
+        timestamp_ms = int(time.time() * 1000)
+        values = {key: float(value) for key, value in metrics.items()}
+        with self._failing_as_tracking_error("log the summary"):
+            entries = [Metric(k, v, timestamp_ms, self._last_step) for k, v in values.items()]
+            self._client.log_batch(run_id, metrics=entries)
+            summary = {k: (v if math.isfinite(v) else None) for k, v in values.items()}
+            self._client.log_text(run_id, json.dumps(summary, indent=2, sort_keys=True) + "\n", "summary.json")
+
+    def log_model(self, checkpoint_path: str) -> None:
+        """Log the final checkpoint as the MLflow pyfunc `model` (see metadist.tracking.pyfunc_model).
+
+        The model holds the checkpoint, the metadist package (code_paths), explicit pip requirements (no
+        requirement inference, which would import the model and may query package indexes) and no pickle: the
+        Python model is "models from code", a two-line script that builds FewShotPyfunc at load time.
+        Loading it: mlflow.pyfunc.load_model(tracker.model_uri) or f"runs:/{run_id}/model".
+        """
+        import mlflow
+        from mlflow.models import Model
+
+        from metadist.tracking.pyfunc_model import ARTIFACT_KEY, ENTRY_SCRIPT, signature
+
+        run_id = self._require_run()
+        path = _local(checkpoint_path)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{checkpoint_path}: no such checkpoint file to log as the model")
+        with (
+            tempfile.TemporaryDirectory(prefix="metadist-model-") as tmp,
+            self._failing_as_tracking_error("log the model"),
+            _process_tracking_uri(self.tracking_uri),
+            warnings.catch_warnings(),
+        ):
+            # No input example on purpose: validating one would load the checkpoint and run the network.
+            warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
+            entry = Path(tmp) / "fewshot_model.py"
+            entry.write_text(ENTRY_SCRIPT)
+            # Created here, in the run's experiment: left to Model.log, it would land in the process's active
+            # (or the default) experiment, where `runs:/<run id>/model` does not find it.
+            logged = self._client.create_logged_model(
+                self.experiment_id, name=MODEL_NAME, source_run_id=run_id, model_type=MODEL_TYPE,
+                params={k: _param_value(v) for k, v in self._job.flat().items()}, tags=run_tags(self._job),
+            )
+            info = Model.log(
+                artifact_path=None,  # deprecated in MLflow 3 in favour of name, but still a required argument
+                name=MODEL_NAME,
+                model_id=logged.model_id,
+                flavor=mlflow.pyfunc,
+                run_id=run_id,
+                python_model=str(entry),
+                artifacts={ARTIFACT_KEY: path},
+                code_paths=[str(Path(metadist.__file__).parent)],
+                pip_requirements=model_requirements(),
+                signature=signature(),
+            )
+            self._client.set_tag(run_id, "metadist.model_uri", info.model_uri)
+        self.model_uri = info.model_uri
+
+    # -- helpers -----------------------------------------------------------------------------------------------------
+    def _require_run(self) -> str:
+        if self.run_id is None:
+            raise RuntimeError("tracker not started: call start(job) first")
+        if self._ended:
+            raise RuntimeError(f"MLflow run {self.run_id} has ended")
+        return self.run_id
+
+    def _log_params(self, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        # The client splits this into requests of at most 100 params (MLflow's batch limit).
+        self._client.log_batch(self.run_id, params=[Param(k, _param_value(v)) for k, v in params.items()])
+
+    def _probe(self) -> None:
+        """Fail at once, naming the URI, when an http(s) tracking server does not answer at all."""
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            return
+        url = self.tracking_uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=HEALTH_PROBE_TIMEOUT_S):
+                pass
+        except urllib.error.HTTPError:
+            pass  # it answered (an auth proxy, a path prefix ...): MLflow's own requests will tell the rest
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, ssl.SSLError):
+                return  # TLS settings are MLflow's business (MLFLOW_TRACKING_SERVER_CERT_PATH ...)
+            raise TrackingError(f"{self.display_uri}: MLflow tracking server not reachable ({reason})") from exc
+
+    @contextlib.contextmanager
+    def _failing_as_tracking_error(self, what: str):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            yield
+        except MlflowException as exc:
+            raise TrackingError(f"{self.display_uri}: run {self.run_id}: could not {what}: {exc.message}") from exc
+
+
+# -- what goes into the run ----------------------------------------------------------------------------------------
+def run_tags(job: JobConfig) -> dict[str, str]:
+    data = job.data
+    tags = {
+        "metadist.version": metadist.__version__,
+        "metadist.job": job.name,
+        "metadist.algorithm": job.algorithm.name,
+        "metadist.model": job.model.name,
+        "metadist.task_kind": data.kind,
+        "python.version": platform.python_version(),
+        "torch.version": _version("torch"),
+    }
+    if data.regression is not None:
+        tags["metadist.dataset"] = f"regression:{data.regression.family}"
+    else:
+        tags["metadist.dataset"] = data.train.uri
+        tags["metadist.episode"] = f"{data.episode.ways}-way {data.episode.shots}-shot"
+        if data.test is not None:
+            tags["metadist.test_dataset"] = data.test.uri
+    return tags
+
+
+def redact_job(job: JobConfig) -> JobConfig:
+    """The job with credential-like fsspec storage options and URI passwords replaced by "<redacted>".
+
+    Params and job.yaml are readable by everyone with access to the experiment; the job file itself and the
+    checkpoints keep the real values.
+    """
+
+    def scrub(value, in_options: bool):
+        if isinstance(value, dict):
+            return {
+                k: REDACTED
+                if in_options and _SECRET_KEY.search(str(k)) and v is not None
+                else scrub(v, in_options or k == "storage_options")
+                for k, v in value.items()
+            }
+        if isinstance(value, list):
+            return [scrub(v, in_options) for v in value]
+        if isinstance(value, str):
+            return hide_password(value)  # a password inside a URI (tracking.uri, a shard set's URI)
+        return value
+
+    dumped = job.model_dump(mode="json")
+    scrubbed = scrub(dumped, False)
+    return job if scrubbed == dumped else JobConfig.model_validate(scrubbed)
+
+
+def hide_password(text: str) -> str:
+    """'https://me:pw@host' → 'https://me:<redacted>@host'."""
+    return _URI_PASSWORD.sub(rf"\g<1>{REDACTED}@", text)
+
+
+def job_yaml(job: JobConfig) -> str:
+    return yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)
+
+
+def model_requirements() -> list[str]:
+    """Pinned requirements of the pyfunc: what `metadist.inference` imports, at this environment's versions."""
+    pins = []
+    for name in MODEL_REQUIREMENTS:
+        version = _version(name)
+        # A local build tag ("2.13.0+cpu") is not on PyPI; the public release it was built from is.
+        pins.append(f"{name}=={version.split('+')[0]}" if version != "unknown" else name)
+    return pins
+
+
+def _param_value(value: str) -> str:
+    value = str(value)
+    if len(value) <= MAX_PARAM_VALUE_CHARS:
+        return value
+    return value[: MAX_PARAM_VALUE_CHARS - len(TRUNCATION_MARK)] + TRUNCATION_MARK
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _local(path: str) -> str:
+    """A local path from a path or a file:// URI (MLflow uploads from local files only)."""
+    if path.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        return unquote(urlparse(path).path)
+    if "://" in path:
+        raise ValueError(f"{path}: not a local path; fetch remote checkpoints to a local file before logging them")
+    return path
+
+
+def _start_system_metrics(run_id: str, tracking_uri: str, *, resumed: bool):
+    """CPU/memory/disk/network (and GPU) usage as `system/*` metrics, every 10 s, when psutil is installed.
+
+    MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false turns it off; MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL tunes it.
+    """
+    if os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").strip().lower() in ("false", "0"):
+        return None
+    if importlib.util.find_spec("psutil") is None:  # MLflow's monitor needs it
+        log.debug("psutil not installed: no system metrics")
+        return None
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, resume_logging=resumed, tracking_uri=tracking_uri)
+    monitor.start()
+    return monitor
+
+
+@contextlib.contextmanager
+def _process_tracking_uri(uri: str):
+    """Set MLflow's process-wide tracking URI for the block, then restore it (and $MLFLOW_TRACKING_URI) exactly."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as uri_utils
+
+    with _GLOBAL_URI_LOCK:
+        before_global = uri_utils._tracking_uri
+        before_env = os.environ.get(TRACKING_URI_ENV)
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(before_global)
+            if before_env is None:
+                os.environ.pop(TRACKING_URI_ENV, None)
+            else:
+                os.environ[TRACKING_URI_ENV] = before_env
