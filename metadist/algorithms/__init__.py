@@ -6,6 +6,8 @@ exactly these functions.
 """
 
 from metadist.algorithms.base import MetaLearner, Update
+from metadist.algorithms.matching import MatchingNetworks
 from metadist.algorithms.registry import LEARNERS, METRIC_LEARNERS, build_learner
+from metadist.algorithms.siamese import SiameseNetwork
 
-__all__ = ["LEARNERS", "METRIC_LEARNERS", "MetaLearner", "Update", "build_learner"]
+__all__ = ["LEARNERS", "METRIC_LEARNERS", "MatchingNetworks", "MetaLearner", "SiameseNetwork", "Update", "build_learner"]

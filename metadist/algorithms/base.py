@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch.func import vmap
 
 from metadist.algorithms.functional import Forward, Params, accuracy, make_forward, task_loss
+
+if TYPE_CHECKING:
+    from metadist.config import AlgorithmConfig
 
 
 @dataclass
@@ -54,6 +58,9 @@ class MetaLearner(ABC):
 
     name: str = ""
     adapts_weights: bool = True  # False for the metric learners, which have no "before adaptation"
+    # Name prefixes of meta-parameters that belong to the algorithm, not the model (Meta-SGD's rates, Matching
+    # Networks' LSTMs, the Siamese head): model_params leaves them out of every forward pass.
+    extra_prefixes: tuple[str, ...] = ("lr.",)
 
     def __init__(self, model: torch.nn.Module, kind: str, *, inner_lr: float, inner_steps: int, eval_inner_steps: int) -> None:
         self.model = model
@@ -64,14 +71,32 @@ class MetaLearner(ABC):
         self.inner_steps = inner_steps
         self.eval_inner_steps = eval_inner_steps
 
+    @classmethod
+    def from_config(cls, config: "AlgorithmConfig", model: torch.nn.Module, kind: str, **settings) -> "MetaLearner":
+        """The learner the configuration describes; a learner with settings of its own adds them as `settings`."""
+        return cls(
+            model, kind, inner_lr=config.inner_lr, inner_steps=config.inner_steps, eval_inner_steps=config.eval_inner_steps,
+            **settings,
+        )
+
     # -- parameters ------------------------------------------------------------------------------------------
     def init_meta_params(self) -> Params:
         """The meta-parameters to learn: the model's, plus anything the algorithm learns besides (Meta-SGD)."""
         return {name: p.detach().clone() for name, p in self.model.named_parameters()}
 
+    def embedding_size(self) -> int:
+        """D of the embeddings an embed-only model returns (Conv4(ways=None)); metric learners size their heads by it."""
+        size = getattr(self.model, "embedding_dim", None)
+        if size is None or getattr(self.model, "head", None) is not None:
+            raise ValueError(
+                f"{self.name}: the model must embed only and state its `embedding_dim` (e.g. Conv4(ways=None)); "
+                f"{type(self.model).__name__} does not"
+            )
+        return size
+
     def model_params(self, meta_params: Params) -> Params:
-        """The subset of meta_params that the model's forward takes."""
-        return {k: v for k, v in meta_params.items() if not k.startswith("lr.")}
+        """The subset of meta_params that the model's forward takes (all but the `extra_prefixes` ones)."""
+        return {k: v for k, v in meta_params.items() if not k.startswith(self.extra_prefixes)}
 
     # -- learning --------------------------------------------------------------------------------------------
     @abstractmethod

@@ -7,14 +7,17 @@ from torch import nn
 from metadist.algorithms.anil import ANIL
 from metadist.algorithms.base import MetaLearner
 from metadist.algorithms.maml import MAML, FirstOrderMAML
+from metadist.algorithms.matching import MatchingNetworks
 from metadist.algorithms.metasgd import MetaSGD
 from metadist.algorithms.model_averaging import ModelAveraging
 from metadist.algorithms.protonet import ProtoNet
 from metadist.algorithms.reptile import Reptile
+from metadist.algorithms.siamese import SiameseNetwork
 from metadist.config import AlgorithmConfig
 
 LEARNERS: dict[str, type[MetaLearner]] = {
-    cls.name: cls for cls in (MAML, FirstOrderMAML, Reptile, ModelAveraging, ANIL, MetaSGD, ProtoNet)
+    cls.name: cls
+    for cls in (MAML, FirstOrderMAML, Reptile, ModelAveraging, ANIL, MetaSGD, ProtoNet, MatchingNetworks, SiameseNetwork)
 }
 METRIC_LEARNERS = {"protonet", "matching", "siamese"}  # embed only: the model has no classification head
 
@@ -22,6 +25,4 @@ METRIC_LEARNERS = {"protonet", "matching", "siamese"}  # embed only: the model h
 def build_learner(config: AlgorithmConfig, model: nn.Module, kind: str) -> MetaLearner:
     if config.name not in LEARNERS:
         raise ValueError(f"algorithm.name {config.name!r} is not available; choose one of {sorted(LEARNERS)}")
-    return LEARNERS[config.name](
-        model, kind, inner_lr=config.inner_lr, inner_steps=config.inner_steps, eval_inner_steps=config.eval_inner_steps
-    )
+    return LEARNERS[config.name].from_config(config, model, kind)
