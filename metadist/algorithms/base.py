@@ -60,7 +60,7 @@ class MetaLearner(ABC):
     adapts_weights: bool = True  # False for the metric learners, which have no "before adaptation"
     # Name prefixes of meta-parameters that belong to the algorithm, not the model (Meta-SGD's rates, Matching
     # Networks' LSTMs, the Siamese head): model_params leaves them out of every forward pass.
-    extra_prefixes: tuple[str, ...] = ("lr.",)
+    extra_prefixes: tuple[str, ...] = ()
 
     def __init__(self, model: torch.nn.Module, kind: str, *, inner_lr: float, inner_steps: int, eval_inner_steps: int) -> None:
         self.model = model

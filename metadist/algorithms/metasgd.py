@@ -14,6 +14,7 @@ from metadist.algorithms.maml import MAML
 
 class MetaSGD(MAML):
     name = "metasgd"
+    extra_prefixes = ("lr.",)  # the learned rates are meta-parameters, not model parameters
 
     def init_meta_params(self) -> Params:
         params = super().init_meta_params()
