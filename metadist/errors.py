@@ -31,3 +31,11 @@ class PredictionError(MetadistError):
 
 class TrackingError(MetadistError):
     """The tracking server or store cannot be reached or refuses the run; the message names the URI."""
+
+
+class ServingError(MetadistError):
+    """A call to a metadist server failed; `code` is the gRPC status code's name (e.g. 'UNAUTHENTICATED')."""
+
+    def __init__(self, message: str, code: str = "UNKNOWN") -> None:
+        super().__init__(message)
+        self.code = code

@@ -13,7 +13,7 @@ from metadist.errors import MetadistError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from metadist.cli import data, train
+    from metadist.cli import data, serve, train
 
     parser = argparse.ArgumentParser(prog="metadist", description="Distributed meta-training on Ray.")
     parser.add_argument("--version", action="version", version=f"metadist {__version__}")
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data.add_commands(commands)
     train.add_commands(commands)
+    serve.add_commands(commands)
     return parser
 
 

@@ -1,0 +1,361 @@
+"""Serving benchmark: requests/s and p50/p99 latency of `metadist serve` for 5-way 1-shot adapt-and-classify of
+5 queries, with 1, 4 and 16 concurrent clients on loopback.
+
+Run (about 2 minutes on 2 cores):
+
+    .venv/bin/python bench/serving.py
+
+What it measures, for each algorithm of --algorithms (default: MAML and ProtoNet):
+  * the model: the default job's network (conv-4, 64 filters, 28×28 grey Omniglot; MAML adapts with 3 inner
+    steps), meta-trained for one step into a temporary folder: serving cost does not depend on how well it
+    learned. --checkpoint serves a checkpoint of your own instead;
+  * the server: `python -m metadist serve --address 127.0.0.1:0` in a process of its own, with the default
+    ServeConfig plus any --server-set KEY=VALUE;
+  * the clients: 1, 4 and 16 threads of this process, each with its own metadist.serving.Client (its own
+    connection), each sending AdaptAndClassify requests back to back: 5 support images (one per class) and 5
+    queries, original 105×105 Omniglot PNGs (images_background_small2's Tagalog), so the server decodes and
+    resizes them as it would a user's files. Each client cycles through 20 different tasks.
+  Each level: --warmup-s of untimed requests, then timed requests until --seconds pass or --requests complete
+  (whichever first). Latency is the client's: from the call to its answer, one per request; p50 and p99 over all
+  timed requests of the level. Server CPU is the server process's CPU time over the timed wall time (2.0 = two
+  cores busy).
+
+Output: a table on stdout, bench/results/serving.json, and the section "## Serving: gRPC adapt-and-classify" of
+docs/benchmarks.md (only that section is replaced).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+RESULTS_PATH = BENCH_DIR / "results" / "serving.json"
+DOC_PATH = REPO / "docs" / "benchmarks.md"
+DOC_SECTION = "## Serving: gRPC adapt-and-classify"
+COMMAND = ".venv/bin/python bench/serving.py"
+
+WAYS, SHOTS, QUERIES = 5, 1, 5  # queries in total: one per class
+CONCURRENCY = (1, 4, 16)
+TASKS_PER_CLIENT = 20
+ALPHABET = "Tagalog"  # of images_background_small2; 17 characters × 20 drawings
+STARTUP_TIMEOUT_S = 120
+
+
+# -- inputs ---------------------------------------------------------------------------------------------------------
+def omniglot_tasks(count: int) -> list[tuple[list[bytes], list[str], list[bytes]]]:
+    """`count` 5-way 1-shot tasks with 5 queries, as encoded PNG files: (support images, labels, query images)."""
+    from metadist.data.bundled import BUNDLED_ZIPS, bundled_file
+
+    drawings: dict[str, list[bytes]] = {}
+    with zipfile.ZipFile(bundled_file(BUNDLED_ZIPS["omniglot-small2"])) as archive:
+        for name in sorted(archive.namelist()):
+            parts = name.split("/")
+            if len(parts) == 4 and parts[1] == ALPHABET and name.endswith(".png"):
+                drawings.setdefault(parts[2], []).append(archive.read(name))
+    characters = sorted(drawings)
+    tasks = []
+    for t in range(count):
+        chosen = [characters[(t + i * 3) % len(characters)] for i in range(WAYS)]
+        k = 2 * (t // len(characters)) % 20
+        support = [drawings[c][k] for c in chosen]
+        queries = [drawings[c][(k + 1) % 20] for c in chosen]
+        tasks.append((support, chosen, queries))
+    return tasks
+
+
+def train_checkpoint(algorithm: str, out: Path) -> str:
+    """The default job's network for `algorithm`, meta-trained for one step (the weights do not change the cost)."""
+    settings = [
+        f"algorithm.name={algorithm}", "train.steps=1", "train.meta_batch=2", "train.eval_every=0",
+        "train.final_eval_episodes=1", "train.threads=1", "tracking.enabled=false", f"checkpoint.uri={out}", f"name=bench-{algorithm}",
+    ]
+    command = [sys.executable, "-m", "metadist", "train", "--no-progress"]
+    for setting in settings:
+        command += ["--set", setting]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    if done.returncode != 0:
+        raise RuntimeError(f"training the {algorithm} checkpoint failed:\n{done.stderr[-4000:]}")
+    return str(out)
+
+
+# -- the server -----------------------------------------------------------------------------------------------------
+class ServerProcess:
+    """`python -m metadist serve` on 127.0.0.1, port chosen by the server; its log kept for errors."""
+
+    def __init__(self, checkpoint: str, overrides: list[str]) -> None:
+        command = [sys.executable, "-m", "metadist", "serve", "--checkpoint", checkpoint, "--address", "127.0.0.1:0"]
+        for item in overrides:
+            command += ["--set", item]
+        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        self.log: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.log.extend(self.process.stderr), daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not any("listening on" in line for line in self.log):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the server did not start:\n" + "".join(self.log)[-4000:])
+            time.sleep(0.05)
+        self.address = re.search(r"listening on (\S+)", "".join(self.log)).group(1)
+
+    def cpu_s(self) -> float:
+        import psutil
+
+        times = psutil.Process(self.process.pid).cpu_times()
+        return times.user + times.system
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._reader.join(timeout=5)
+        self.process.stderr.close()
+
+
+# -- the clients ----------------------------------------------------------------------------------------------------
+def run_level(address: str, clients: int, tasks: list, args: argparse.Namespace, server: ServerProcess) -> dict:
+    """`clients` threads sending requests back to back: warm-up, then timed until --seconds or --requests."""
+    from metadist.errors import ServingError
+    from metadist.serving import Client
+
+    lock = threading.Lock()
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    budget = [args.requests]
+    phase = {"timed": False, "stop": False}
+    ready = threading.Barrier(clients + 1)
+    start_timed = threading.Event()
+
+    def client_loop(index: int) -> None:
+        with Client(address, timeout_s=60) as client:
+            client.wait_until_ready(30)
+            i = index * TASKS_PER_CLIENT
+            warmup_end = time.perf_counter() + args.warmup_s
+            while time.perf_counter() < warmup_end:
+                support, labels, queries = tasks[i % len(tasks)]
+                client.adapt_and_classify(support, labels, queries)
+                i += 1
+            ready.wait()
+            start_timed.wait()
+            while not phase["stop"]:
+                with lock:
+                    if budget[0] <= 0:
+                        phase["stop"] = True
+                        break
+                    budget[0] -= 1
+                support, labels, queries = tasks[i % len(tasks)]
+                i += 1
+                begin = time.perf_counter()
+                try:
+                    predictions = client.adapt_and_classify(support, labels, queries)
+                    assert len(predictions) == QUERIES
+                except ServingError as exc:
+                    with lock:
+                        errors[exc.code] = errors.get(exc.code, 0) + 1
+                    continue
+                elapsed = time.perf_counter() - begin
+                with lock:
+                    if not phase["stop"]:
+                        latencies.append(elapsed)
+
+    threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    ready.wait(timeout=STARTUP_TIMEOUT_S)
+    cpu_server, cpu_self = server.cpu_s(), time.process_time()
+    begin = time.perf_counter()
+    start_timed.set()
+    while time.perf_counter() - begin < args.seconds and not phase["stop"]:
+        time.sleep(0.01)
+    with lock:
+        phase["stop"] = True
+        wall_s = time.perf_counter() - begin
+        timed = list(latencies)
+    server_cpu_s, client_cpu_s = server.cpu_s() - cpu_server, time.process_time() - cpu_self
+    for thread in threads:
+        thread.join(timeout=120)
+    ms = sorted(1e3 * x for x in timed)
+    return {
+        "clients": clients,
+        "requests": len(ms),
+        "errors": errors,
+        "wall_s": wall_s,
+        "requests_per_s": len(ms) / wall_s,
+        "p50_ms": percentile(ms, 50),
+        "p99_ms": percentile(ms, 99),
+        "mean_ms": statistics.fmean(ms) if ms else None,
+        "max_ms": ms[-1] if ms else None,
+        "server_cpu_per_wall": server_cpu_s / wall_s,
+        "client_cpu_per_wall": client_cpu_s / wall_s,
+    }
+
+
+def percentile(sorted_values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile: the smallest value with at least p% of the values at or below it."""
+    if not sorted_values:
+        return None
+    rank = max(1, -(-len(sorted_values) * p // 100))  # ceil(n·p/100)
+    return sorted_values[int(rank) - 1]
+
+
+# -- report ---------------------------------------------------------------------------------------------------------
+def machine_info(load_before: tuple[float, float, float]) -> dict:
+    import grpc
+    import torch
+
+    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "grpcio": grpc.__version__,
+        "load_average_before": list(load_before),
+        "load_average_at_end": list(os.getloadavg()),
+    }
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def table(runs: list[dict]) -> str:
+    header = ["Model", "Clients", "Requests", "Requests/s", "p50 (ms)", "p99 (ms)", "Errors", "Server CPU (cores)"]
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    for run in runs:
+        for level in run["levels"]:
+            errors = ", ".join(f"{code} {n}" for code, n in sorted(level["errors"].items())) or "0"
+            lines.append(
+                f"| {run['label']} | {level['clients']} | {level['requests']:,} | {fmt(level['requests_per_s'])} | "
+                f"{fmt(level['p50_ms'])} | {fmt(level['p99_ms'])} | {errors} | {level['server_cpu_per_wall']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def doc_section(report: dict) -> str:
+    m, s = report["machine"], report["settings"]
+    config = report["runs"][0]["server_config"]
+    load_before, load_end = m["load_average_before"], m["load_average_at_end"]
+    server = "default settings" + ("; " + ", ".join(f"`{o}`" for o in s["server_set"]) if s["server_set"] else "")
+    threads = config["threads"] or "torch's default"
+    return f"""{DOC_SECTION}
+
+`{COMMAND}`, run on {m['date'][:10]}: {m['cores']} cores ({m['cpu']}), Python {m['python']}, torch {m['torch']},
+grpcio {m['grpcio']}. Raw figures: `bench/results/serving.json`.
+
+**This machine is shared with other work** (training runs and tests of other engineers ran alongside): its
+1-minute load average was {load_before[0]:.2f} before the run and {load_end[0]:.2f} at its end, on {m['cores']} cores. The server and the
+clients competed with those processes, and with each other, for the cores. Take the figures as an order of
+magnitude and compare the rows of one run with each other, not with a quiet machine.
+
+Setup: one server process, `python -m metadist serve` with {server} (max_concurrency {config['max_concurrency']},
+max_workers {config['max_workers']}, torch threads: {threads}); N client threads in the benchmark process, each with its own
+connection to 127.0.0.1. A request is AdaptAndClassify of a {WAYS}-way {SHOTS}-shot task with {QUERIES} queries: 10 original
+105×105 Omniglot PNGs ({ALPHABET}), decoded and resized to 28×28 by the server. Models: the default job's conv-4,
+64 filters; MAML adapts with 3 inner steps, ProtoNet computes prototypes. Each level: {s['warmup_s']:g} s untimed, then
+timed until {s['seconds']:g} s pass or {s['requests']:,} requests complete. Latency is the client's, per request; the p99 of a
+level with fewer than 100 requests is its slowest request.
+
+{table(report['runs'])}
+
+- Server CPU: the server process's CPU time over the timed wall time; {m['cores']} means every core of this machine.
+  The clients' CPU (building requests, gRPC) is in the JSON (`client_cpu_per_wall`).
+- Beyond max_concurrency, clients wait in the server's queue: once the cores are busy, more clients raise latency,
+  not requests/s.
+"""
+
+
+def update_doc(path: Path, section: str) -> None:
+    """Replace the section (up to the next '## ' heading) in `path`, or append it; create the file if missing."""
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    start = text.find(DOC_SECTION + "\n")
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(DOC_SECTION))
+        text = text[:start] + section + ("\n" + text[end + 1 :] if end >= 0 else "")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+
+
+# -- entry point ----------------------------------------------------------------------------------------------------
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--algorithms", nargs="+", default=["maml", "protonet"], help="checkpoints to train and serve")
+    parser.add_argument("--checkpoint", help="serve this checkpoint instead of training throwaway ones")
+    parser.add_argument("--clients", type=int, nargs="+", default=list(CONCURRENCY), help="concurrency levels (default 1 4 16)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="longest timed phase per level (default 10)")
+    parser.add_argument("--requests", type=int, default=5000, help="most timed requests per level (default 5000)")
+    parser.add_argument("--warmup-s", type=float, default=1.0, help="untimed requests first, per level (default 1)")
+    parser.add_argument("--server-set", action="append", default=[], metavar="KEY=VALUE", help="a ServeConfig setting of the server (repeatable)")
+    parser.add_argument("--results", type=Path, default=RESULTS_PATH, help="JSON output")
+    parser.add_argument("--doc", type=Path, default=DOC_PATH, help="Markdown file whose section is replaced")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    import yaml
+
+    from metadist.serving import ServeConfig
+
+    started, load_before = time.perf_counter(), os.getloadavg()
+    tasks = omniglot_tasks(TASKS_PER_CLIENT * max(args.clients))
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="metadist-bench-serving-") as tmp:
+        models = [("checkpoint", args.checkpoint)] if args.checkpoint else [
+            (algorithm, train_checkpoint(algorithm, Path(tmp) / algorithm)) for algorithm in args.algorithms
+        ]
+        for label, checkpoint in models:
+            overrides = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.server_set)}
+            config = ServeConfig.model_validate({"checkpoint": checkpoint, **overrides}).redacted()
+            server = ServerProcess(checkpoint, args.server_set)
+            try:
+                levels = []
+                for clients in args.clients:
+                    level = run_level(server.address, clients, tasks, args, server)
+                    levels.append(level)
+                    print(f"  {label:<10} {clients:>3} clients: {level['requests_per_s']:7.1f} requests/s, p50 "
+                          f"{fmt(level['p50_ms'])} ms, p99 {fmt(level['p99_ms'])} ms ({level['requests']} requests, "
+                          f"errors {level['errors'] or 0}, server CPU {level['server_cpu_per_wall']:.2f})", file=sys.stderr, flush=True)
+            finally:
+                server.stop()
+            runs.append({"label": label, "checkpoint": checkpoint if args.checkpoint else None, "server_config": config, "levels": levels})
+    report = {
+        "command": COMMAND,
+        "machine": machine_info(load_before),
+        "settings": {"seconds": args.seconds, "requests": args.requests, "warmup_s": args.warmup_s, "server_set": args.server_set,
+                     "ways": WAYS, "shots": SHOTS, "queries": QUERIES, "tasks_per_client": TASKS_PER_CLIENT},
+        "runs": runs,
+    }
+    report["elapsed_s"] = time.perf_counter() - started
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    section = doc_section(report)
+    update_doc(args.doc, section)
+    print(section)
+    print(f"wrote {args.results} and the section {DOC_SECTION!r} of {args.doc} ({report['elapsed_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
