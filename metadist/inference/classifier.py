@@ -7,10 +7,15 @@
 Images go through the preprocessing recorded in the checkpoint (the training shards'), so a photo of any size
 becomes what the network was trained on. With batch norm in its transductive form (the MAML papers'), the
 queries of one `classify` call are normalised together, as the query set of an episode is at training time.
+
+Thread safety: torch.func.functional_call swaps the module's parameters while it runs, so two threads sharing
+one model would compute with each other's weights. Calls on one classifier are therefore serialised by a lock;
+for parallel work make one classifier per thread (the gRPC server keeps one per compute slot).
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +65,7 @@ class FewShotClassifier:
         self.meta_params = {k: v.to(self.device) for k, v in checkpoint.meta_params.items()}
         self.inner_steps = self.job.algorithm.eval_inner_steps if inner_steps is None else inner_steps
         self.max_ways = spec.outputs  # the head's size for weight-adapting learners; None: any number of classes
+        self._lock = threading.Lock()  # see "Thread safety" above
 
     @classmethod
     def from_checkpoint(cls, uri: str, *, device: str | torch.device = "cpu", inner_steps: int | None = None) -> "FewShotClassifier":
@@ -100,14 +106,15 @@ class FewShotClassifier:
         index = {label: i for i, label in enumerate(labels)}
         x = self._tensor(support_images, "support")
         y = torch.tensor([index[str(label)] for label in support_labels], device=self.device)
-        state = self.learner.adapt(self.meta_params, x[None], y[None], self.inner_steps)
+        with self._lock:
+            state = self.learner.adapt(self.meta_params, x[None], y[None], self.inner_steps)
         return AdaptedTask(labels, {k: v.detach() for k, v in state.items()}, len(support_images))
 
     def classify(self, task: AdaptedTask, query_images: list[ImageInput]) -> list[Prediction]:
         if not query_images:
             return []
         x = self._tensor(query_images, "query")
-        with torch.no_grad():
+        with self._lock, torch.no_grad():
             logits = self.learner.predict(self.meta_params, task.state, x[None])[0]
         # A head wider than this task's classes (a 5-way model on 3 classes): the unused outputs are ignored.
         probs = torch.softmax(logits[:, : len(task.labels)].double(), dim=-1).cpu().numpy()
