@@ -184,7 +184,7 @@ def test_resume_continues_the_same_run(config, client, job, tmp_path):
     assert run.info.status == "FINISHED"
     history = sorted(client.get_metric_history(run.info.run_id, "loss_after"), key=lambda m: m.step)
     assert [(m.step, m.value) for m in history] == [(10, 1.0), (20, 0.5)]
-    assert run.data.params["train.steps"] == "600"  # params are write-once in MLflow; the change is recorded
+    assert run.data.params["train.steps"] == str(job.train.steps)  # params are write-once in MLflow; the change is recorded
     assert run.data.tags["metadist.resumes"] == "1" and run.data.tags["metadist.resume-1.changed"] == "train.steps"
     resumed = yaml.safe_load(download_text(client, run.info.run_id, "job.resume-1.yaml", tmp_path))
     assert JobConfig.model_validate(resumed) == longer

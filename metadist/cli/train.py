@@ -18,6 +18,11 @@ def add_commands(commands) -> None:
                        help="override a setting, e.g. --set train.steps=100 --set algorithm.name=fomaml (repeatable)")
     train.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
                        help="continue from the newest checkpoint of the job (or the given checkpoint file/folder)")
+    train.add_argument("--workers", type=int, metavar="N",
+                       help="train on Ray with N task workers (sets distributed.workers; 0: in this process)")
+    train.add_argument("--address", metavar="ADDRESS",
+                       help="Ray cluster to join (sets distributed.address; default $RAY_ADDRESS, else a local Ray "
+                       "started in this process). A cluster with token auth: RAY_AUTH_MODE=token and ~/.ray/auth_token")
     train.add_argument("--print-config", action="store_true", help="print the resolved job and exit")
     train.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     train.set_defaults(handler=_train)
@@ -73,13 +78,23 @@ def apply_overrides(job: JobConfig, overrides: list[str]) -> JobConfig:
 def _train(args) -> int:
     from metadist.training import LocalTrainer
 
-    job = apply_overrides(load_job(args.job), args.overrides)
+    overrides = list(args.overrides)
+    if args.workers is not None:
+        overrides.append(f"distributed.workers={args.workers}")
+    if args.address is not None:
+        overrides.append(f"distributed.address={json.dumps(args.address)}")
+    job = apply_overrides(load_job(args.job), overrides)
     text = yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)
     if args.print_config:
         print(text, end="")
         return 0
     print(f"# metadist job {job.name}\n{text}", file=sys.stderr)
-    trainer = LocalTrainer(job, resume=args.resume, progress=not args.no_progress)
+    if job.distributed.workers > 0:
+        from metadist.distributed import DistributedTrainer
+
+        trainer = DistributedTrainer(job, resume=args.resume, progress=not args.no_progress)
+    else:
+        trainer = LocalTrainer(job, resume=args.resume, progress=not args.no_progress)
     result = trainer.run()
     print(f"checkpoint: {result.checkpoint_uri}")
     if result.run_id:

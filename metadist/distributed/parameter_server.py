@@ -1,0 +1,129 @@
+"""The parameter server: a Ray actor that holds the meta-parameters and the outer optimizer, and nothing else.
+
+It sums the updates of one outer step in the order it is given them (slice order, so the sum is the same whoever
+computed the slices), hands the mean to its MetaOptimizer — the same class the local trainer holds — and
+publishes the new parameters to the object store once (`ray.put`), as version v + 1. Workers fetch a version at
+most once. Checkpoints are written here, through fsspec, in the local trainer's format.
+
+Exactly once: every apply names its outer step; a step already applied (a driver that retried after losing a
+reply) is answered from the record, never applied again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import ray
+import torch
+
+from metadist.algorithms.base import Update
+from metadist.algorithms.outer import MetaOptimizer
+from metadist.config import JobConfig
+from metadist.training.tasks import ModelSpec, build
+from metadist.training.trainer import make_checkpoint, save_checkpoint_files
+
+
+@dataclass(frozen=True)
+class ParamsVersion:
+    """A published version of the meta-parameters: `box` holds its object-store reference (a list, so that
+    passing it to a worker hands over the reference instead of making Ray resolve it)."""
+
+    version: int
+    box: list
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class ApplyReport:
+    step: int
+    applied: bool  # False: the update held NaN/Inf and was skipped (counted), or the step was already applied
+    duplicate: bool  # the step had been applied before; nothing changed
+    lr: float
+    update_norm: float
+    params: ParamsVersion  # the version to compute the next steps on
+    step_count: int  # outer steps applied so far
+    skipped: int  # updates refused for NaN/Inf so far
+    apply_s: float  # sum + optimizer step + publish, inside the server
+    received_bytes: int  # update tensors this apply took in
+
+
+class AppliedSteps:
+    """The outer steps applied so far, as a watermark (every step below it applied) plus the ones above it."""
+
+    def __init__(self, below: int = 0) -> None:
+        self.below = below
+        self.above: set[int] = set()
+
+    def __contains__(self, step: int) -> bool:
+        return step < self.below or step in self.above
+
+    def add(self, step: int) -> None:
+        self.above.add(step)
+        while self.below in self.above:
+            self.above.remove(self.below)
+            self.below += 1
+
+
+def scaled(update: Update, weight: float) -> Update:
+    """The update with its tensors multiplied by `weight` (a stale update, down-weighted)."""
+    if weight == 1.0:
+        return update
+    return Update(update.kind, {k: v * weight for k, v in update.tensors.items()}, update.num_tasks, update.metrics)
+
+
+class ParameterServer:
+    def __init__(self, job: JobConfig, spec: dict) -> None:
+        torch.set_num_threads(1)  # the outer step is a few element-wise tensor operations
+        self.job = job
+        self.spec = ModelSpec.from_dict(spec)
+        _, learner = build(job, self.spec)  # the same seeded initialisation as the local trainer
+        self.fixed_lr = getattr(learner, "fixed_outer_lr", None)
+        self.optimizer = MetaOptimizer(learner.init_meta_params(), job.optimizer, total_steps=job.train.steps, fixed_lr=self.fixed_lr)
+        self.applied = AppliedSteps()
+        self.version = 0
+        self._publish()
+
+    def _publish(self) -> None:
+        params = self.optimizer.meta_params()
+        self._current = ParamsVersion(self.version, [ray.put(params)], sum(v.numel() * v.element_size() for v in params.values()))
+
+    def current(self) -> ParamsVersion:
+        return self._current
+
+    def apply(self, step: int, weight: float, *updates: Update) -> ApplyReport:
+        """Sum `updates` in the order given, scale by `weight`, apply as outer step `step`, publish the result."""
+        start = time.perf_counter()
+        if step in self.applied:
+            return self._report(step, False, True, self.optimizer.lr_at(self.optimizer.step_count), float("nan"), 0.0, 0)
+        total = updates[0]
+        for update in updates[1:]:
+            total = total + update
+        result = self.optimizer.apply(scaled(total, weight))
+        self.applied.add(step)
+        self.version += 1
+        self._publish()
+        received = sum(sum(v.numel() * v.element_size() for v in u.tensors.values()) for u in updates)
+        return self._report(step, result.applied, False, result.lr, result.update_norm, time.perf_counter() - start, received)
+
+    def _report(self, step, applied, duplicate, lr, norm, apply_s, received) -> ApplyReport:
+        return ApplyReport(step, applied, duplicate, lr, norm, self._current, self.optimizer.step_count, self.optimizer.skipped,
+                           apply_s, received)
+
+    # -- state -------------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict, next_step: int) -> ParamsVersion:
+        """Restore from a checkpoint's state; steps below `next_step` count as applied (a synchronous run's)."""
+        self.optimizer.load_state_dict(state)
+        self.applied = AppliedSteps(next_step)
+        self.version += 1
+        self._publish()
+        return self._current
+
+    def save(self, step: int, trainer_state: dict, directory: str) -> str:
+        """Write the checkpoint of outer step `step` into `directory` (any fsspec URI; the driver makes a local
+        path absolute, since this actor's working directory is not the driver's); returns its URI."""
+        ckpt = make_checkpoint(self.job, self.spec, step, self.optimizer.state_dict(), self.fixed_lr, trainer_state)
+        return save_checkpoint_files(ckpt, directory, self.job.checkpoint.keep)

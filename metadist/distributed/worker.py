@@ -1,0 +1,133 @@
+"""The task worker: a Ray actor that owns a GPU (or CPU slots) and computes updates for slices of meta-batches.
+
+A thin shell around the learner's step function. It builds its sampler, model and learner from the job exactly as
+the local trainer does (metadist.training.tasks), keeps the newest meta-parameters it was sent, and for each call
+samples its task range (seed, step, indices) from its own shard streams, adapts to all of them in one vmapped
+`learner.compute_update`, and returns the summed Update plus a small report:
+
+    report_ref, update_ref = worker.compute.remote(step, lo, hi, version, [params_ref], with_before, prefetch)
+
+Two return objects: the driver reads only the report (metrics, timings; a dead worker raises here), and hands
+update_ref straight to the parameter server, so update tensors go worker → server without passing the driver.
+Parameters arrive as an object-store reference wrapped in a list (so Ray does not resolve it on every call); the
+worker fetches it only when `version` differs from the one it holds: once per version.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import ray
+import torch
+
+from metadist.algorithms.functional import Params
+from metadist.config import JobConfig
+from metadist.training.tasks import ModelSpec, build, make_sampler, resolve_device
+from metadist.training.trainer import before_adaptation_sums
+
+
+@dataclass(frozen=True)
+class SliceReport:
+    """What the driver learns about one computed slice; the update tensors travel separately."""
+
+    worker_id: int
+    step: int
+    lo: int
+    hi: int
+    version: int  # the parameter version the update was computed on
+    num_tasks: int
+    metrics: dict[str, float]  # Update.metrics: sums over the slice's tasks
+    before: dict[str, float] | None  # before-adaptation metric sums, when asked for
+    compute_s: float  # adaptation and outer gradient
+    sample_s: float  # waiting for episodes (0 when prefetched in time)
+    fetched_bytes: int  # meta-parameters fetched from the object store for this call (0: cached version)
+    update_bytes: int  # size of the returned update tensors
+    system: dict[str, float] = field(default_factory=dict)  # this process's rss_mb, cpu_percent
+
+
+def tensor_bytes(params: Params) -> int:
+    return sum(v.numel() * v.element_size() for v in params.values())
+
+
+class TaskWorker:
+    """Created as a Ray actor by WorkerGroup; `worker_id` names it in metrics and logs."""
+
+    def __init__(self, job: JobConfig, spec: dict, worker_id: int, threads: int) -> None:
+        torch.set_num_threads(threads)
+        self.worker_id = worker_id
+        self.job = job
+        # Ray sets CUDA_VISIBLE_DEVICES to the GPUs this actor owns; without any it runs on the CPU.
+        self.device = resolve_device(job.train.device if ray.get_gpu_ids() else "cpu")
+        self.sampler = make_sampler(job, "train", progress=False)
+        self.model, self.learner = build(job, ModelSpec.from_dict(spec))
+        self.model.to(self.device)
+        self.version: int | None = None
+        self.params: Params | None = None
+        self._lookahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metadist-sample")
+        self._sampling = threading.Lock()  # the sampler (and its class cache) is used by one thread at a time
+        self._next: tuple[tuple[int, int, int], Future] | None = None
+        self._process = _process_monitor()
+
+    def info(self) -> dict:
+        """Where this worker runs; the driver waits on it to know the actor is placed and built."""
+        ctx = ray.get_runtime_context()
+        return {"worker_id": self.worker_id, "pid": os.getpid(), "node_id": ctx.get_node_id(), "device": str(self.device),
+                "threads": torch.get_num_threads()}
+
+    @ray.method(num_returns=2)
+    def compute(self, step: int, lo: int, hi: int, version: int, params_box: list, with_before: bool,
+                prefetch: tuple[int, int, int] | None = None):
+        """The summed update of tasks lo..hi-1 of outer step `step`, computed on parameter version `version`."""
+        fetched = 0
+        if version != self.version:
+            cpu_params = ray.get(params_box[0])
+            self.params = {k: v.to(self.device) for k, v in cpu_params.items()}
+            self.version, fetched = version, tensor_bytes(cpu_params)
+        start = time.perf_counter()
+        batch = self._batch(step, lo, hi)
+        sampled = time.perf_counter()
+        if prefetch is not None:  # sample the next call's tasks while the server applies this step
+            self._next = (prefetch, self._lookahead.submit(self._sample, *prefetch))
+        update = self.learner.compute_update(self.params, batch)
+        before = before_adaptation_sums(self.learner, self.params, batch) if with_before else None
+        tensors = {k: v.detach().cpu() for k, v in update.tensors.items()}
+        done = time.perf_counter()
+        update = type(update)(kind=update.kind, tensors=tensors, num_tasks=update.num_tasks, metrics=update.metrics)
+        report = SliceReport(
+            worker_id=self.worker_id, step=step, lo=lo, hi=hi, version=version, num_tasks=update.num_tasks,
+            metrics=dict(update.metrics), before=before, compute_s=done - sampled, sample_s=sampled - start,
+            fetched_bytes=fetched, update_bytes=tensor_bytes(tensors), system=self._process(),
+        )
+        return report, update
+
+    def _sample(self, step: int, lo: int, hi: int):
+        with self._sampling:
+            return self.sampler.sample(step, range(lo, hi)).to(self.device)
+
+    def _batch(self, step: int, lo: int, hi: int):
+        if self._next is not None:
+            key, future = self._next
+            self._next = None
+            if key == (step, lo, hi):
+                return future.result()
+            future.cancel()  # a wrong guess: drop it if it has not started
+        return self._sample(step, lo, hi)
+
+
+def _process_monitor():
+    """rss_mb and cpu_percent of this process since the previous call (psutil; {} without it)."""
+    try:
+        import psutil
+    except ImportError:
+        return dict
+    process = psutil.Process()
+    process.cpu_percent(None)
+
+    def read() -> dict[str, float]:
+        return {"rss_mb": process.memory_info().rss / 2**20, "cpu_percent": process.cpu_percent(None)}
+
+    return read

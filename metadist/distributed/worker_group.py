@@ -1,0 +1,143 @@
+"""The task workers of a job: starting them, folding in new ones as the cluster grows, replacing lost ones.
+
+The group asks Ray for `workers` actors. Those the cluster can place start at once; the rest wait in Ray's
+queue, which is also the demand the autoscaler scales on, and join the run as soon as nodes appear (`poll`).
+A worker that dies (`ray.kill`, a crash, its node lost) is reported with `lost`: it leaves the group and a
+replacement is asked for, which joins the same way, up to `distributed.worker_restarts` over the run.
+
+Nothing here knows about steps or tasks: the trainer decides what each live worker computes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import ray
+from ray.exceptions import RayActorError
+
+from metadist.config import JobConfig
+from metadist.distributed.cluster import ClusterError, WorkerResources
+from metadist.distributed.worker import TaskWorker
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL_S = 0.5  # how often a wait for workers to be placed looks again
+
+
+class WorkersExhausted(ClusterError):
+    """More workers died than distributed.worker_restarts allows."""
+
+
+@dataclass
+class WorkerSlot:
+    worker_id: int
+    actor: object  # ray.actor.ActorHandle
+    ready_ref: object | None  # ObjectRef of info() until the worker is up
+    info: dict | None = None
+    requested_at_s: float = 0.0
+
+
+class WorkerGroup:
+    def __init__(self, job: JobConfig, spec: dict, resources: WorkerResources) -> None:
+        config = job.distributed
+        self.job = job
+        self.spec = spec
+        self.resources = resources
+        self.target = config.workers
+        self.min_workers = config.min_workers or config.workers
+        self.restarts_allowed = config.worker_restarts  # -1: no limit
+        self.start_timeout_s = config.start_timeout_s
+        self.restarts = 0  # workers replaced so far
+        self.joined = 0  # workers that came up so far (initial, grown and replacements)
+        self.live: dict[int, WorkerSlot] = {}
+        self.pending: dict[int, WorkerSlot] = {}
+        self._next_id = 0
+        self._actor_class = ray.remote(TaskWorker)
+
+    # -- membership ------------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Ask for all `workers`; return once `min_workers` are up (the others join later, see `poll`)."""
+        for _ in range(self.target):
+            self._spawn()
+        self.wait_for(self.min_workers)
+
+    def _spawn(self) -> None:
+        worker_id = self._next_id
+        self._next_id += 1
+        actor = self._actor_class.options(
+            **self.resources.as_options(),
+            max_restarts=0,  # a dead worker is replaced by the group, which counts it and re-sends its tasks
+            scheduling_strategy="SPREAD",  # one worker per node where they fit: a lost node costs fewer
+        ).remote(self.job, self.spec, worker_id, self.resources.threads)
+        self.pending[worker_id] = WorkerSlot(worker_id, actor, actor.info.remote(), requested_at_s=time.monotonic())
+
+    def poll(self, timeout_s: float = 0.0) -> list[int]:
+        """Fold in workers that came up since the last call (waiting up to timeout_s for one); their ids."""
+        if not self.pending:
+            return []
+        refs = {slot.ready_ref: slot for slot in self.pending.values()}
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+        if not ready and timeout_s > 0:
+            ready, _ = ray.wait(list(refs), num_returns=1, timeout=0)
+        joined = []
+        for ref in ready:
+            slot = refs[ref]
+            del self.pending[slot.worker_id]
+            try:
+                slot.info = ray.get(ref)
+            except RayActorError as exc:
+                if getattr(exc, "actor_init_failed", False):
+                    raise ClusterError(f"task worker {slot.worker_id} failed to start: {exc}") from exc
+                self.lost(slot.worker_id, exc)
+                continue
+            slot.ready_ref = None
+            self.live[slot.worker_id] = slot
+            self.joined += 1
+            joined.append(slot.worker_id)
+            log.info("task worker %d up on node %s (%s); %d live", slot.worker_id, slot.info["node_id"][:8],
+                     slot.info["device"], len(self.live))
+        return joined
+
+    def wait_for(self, count: int) -> None:
+        """Block until at least `count` workers are live, or fail after distributed.start_timeout_s."""
+        deadline = time.monotonic() + self.start_timeout_s
+        while len(self.live) < count:
+            if not self.pending:
+                raise WorkersExhausted(f"only {len(self.live)} task workers left and none can be asked for "
+                                       f"(distributed.worker_restarts = {self.restarts_allowed})")
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"only {len(self.live)} of the {count} task workers needed (distributed.min_workers) came up within "
+                    f"distributed.start_timeout_s = {self.start_timeout_s:.0f} s; each asks for "
+                    f"{self.resources.as_options()}, the cluster has {ray.available_resources()} free"
+                )
+            self.poll(timeout_s=POLL_INTERVAL_S)
+
+    def live_workers(self) -> list[WorkerSlot]:
+        """The live workers, oldest first; waits (start_timeout_s) for one when none is."""
+        if not self.live:
+            self.wait_for(1)
+        return [self.live[k] for k in sorted(self.live)]
+
+    def lost(self, worker_id: int, exc: BaseException) -> None:
+        """Worker `worker_id` died: drop it and ask for a replacement (which joins when placed)."""
+        slot = self.live.pop(worker_id, None) or self.pending.pop(worker_id, None)
+        if slot is None:
+            return  # already handled (several of its tasks failed)
+        if self.restarts_allowed >= 0 and self.restarts >= self.restarts_allowed:
+            raise WorkersExhausted(
+                f"task worker {worker_id} died and distributed.worker_restarts = {self.restarts_allowed} "
+                f"replacements are used up: {exc}"
+            ) from exc
+        self.restarts += 1
+        log.warning("task worker %d lost (%s: %s); asking for a replacement (%d so far)", worker_id, type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "", self.restarts)
+        self._spawn()
+
+    def shutdown(self) -> None:
+        for slot in [*self.live.values(), *self.pending.values()]:
+            ray.kill(slot.actor)
+        self.live.clear()
+        self.pending.clear()

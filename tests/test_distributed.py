@@ -1,0 +1,430 @@
+"""Distributed meta-training on Ray: task workers and a parameter server, on tiny jobs (conv-4 with 8 filters).
+
+One Ray instance serves the module (started on loopback with token authentication on, the token in the
+environment so nothing is written to ~/.ray). Scenarios that need a cluster of their own run in a subprocess of
+this file (`python -m tests.test_distributed SCENARIO ...`): elastic growth and node loss on a
+`ray.cluster_utils.Cluster` (nodes added and removed by hand), the fake-multinode `AutoscalingCluster`, and the
+command line killed and resumed. `AutoscalingCluster` runs `ray stop --force`, which kills every Ray process on the
+machine: its scenario runs in PID, mount and network namespaces of its own (`unshare`), where `ray stop` sees only
+that scenario's processes; it is skipped where `unshare` is not allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from metadist.training import LocalTrainer
+from metadist.training import checkpoint as ckpt_io
+from tests.test_training import tiny_job
+
+ray = pytest.importorskip("ray")
+
+cluster = pytest.mark.cluster
+
+# Comparing runs that sum the same numbers in a different order (slices vs one vmapped sum): without batch norm.
+# Transductive batch norm over a 5-example support set is ill-conditioned (a channel's variance near zero), and
+# there a 1e-8 difference in summation order grows to 1e-3 within a few steps, as it would between any two orders.
+NO_BN = ("model.batch_norm=none",)
+TWO_WORKERS = ("distributed.workers=2",)
+REPO = Path(__file__).resolve().parent.parent
+SCENARIO_TIMEOUT_S = 240
+
+
+def _auth_env() -> dict[str, str]:
+    # Token authentication on, as Ray 2.60 has it by default, with the token in the environment instead of ~/.ray.
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+
+
+# -- without a cluster -----------------------------------------------------------------------------------------------
+def test_slices_cover_the_meta_batch_and_the_staleness_policies():
+    from metadist.distributed import slice_bounds
+    from metadist.distributed.parameter_server import AppliedSteps
+    from metadist.distributed.trainer import staleness_weight
+
+    assert slice_bounds(32, 3) == [(0, 10), (10, 21), (21, 32)]
+    assert slice_bounds(4, 4) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    assert staleness_weight(1, 1, "drop") == 1.0 and staleness_weight(2, 1, "drop") is None
+    assert staleness_weight(3, 1, "downweight") == pytest.approx(1 / 3)
+    applied = AppliedSteps(2)
+    for step in (3, 2, 5):
+        applied.add(step)
+    assert applied.below == 4 and 5 in applied and 4 not in applied and 0 in applied
+
+
+def test_workers_and_address_flags_and_distributed_settings_are_validated(capsys):
+    from metadist.cli import main
+    from metadist.cli.train import apply_overrides
+    from metadist.config import JobConfig
+    from metadist.errors import ConfigError
+
+    assert main(["train", "--print-config", "--workers", "3", "--address", "127.0.0.1:6379"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)["distributed"]
+    assert printed["workers"] == 3 and printed["address"] == "127.0.0.1:6379" and printed["mode"] == "sync"
+    with pytest.raises(ConfigError, match=r"distributed.slices = 5 .* exceeds train.meta_batch = 4"):
+        apply_overrides(JobConfig(), ["train.meta_batch=4", "distributed.workers=5"])
+    with pytest.raises(ConfigError, match="mode must be one of"):
+        apply_overrides(JobConfig(), ["distributed.mode=hogwild"])
+    with pytest.raises(ConfigError, match="min_workers = 3 exceeds workers = 2"):
+        apply_overrides(JobConfig(), ["distributed.workers=2", "distributed.min_workers=3"])
+
+
+# -- one Ray for the module ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ray_cluster():
+    from metadist.config import DistributedConfig
+    from metadist.distributed import connect
+
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    os.environ.update(_auth_env())
+    # Three CPU slots: two workers, and room for a replacement while a killed one is being cleaned up.
+    connection = connect(DistributedConfig(workers=2), num_cpus=3)
+    assert connection.started_here and connection.auth_mode == "token"
+    yield connection
+    connection.close()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _params(uri: str) -> dict[str, torch.Tensor]:
+    return ckpt_io.load(uri).meta_params
+
+
+def _assert_same(a: dict, b: dict, *, exact: bool = True, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if exact:
+            assert torch.equal(a[k], b[k]), k
+        else:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=atol, msg=k)
+
+
+@pytest.fixture(scope="module")
+def undisturbed(ray_cluster, small1_uri, small2_uri, tmp_path_factory):
+    """The reference: 8 synchronous steps on two workers, nothing killed."""
+    from metadist.distributed import DistributedTrainer
+
+    tmp = tmp_path_factory.mktemp("undisturbed")
+    tracked = tiny_job(small1_uri, small2_uri, tmp, "train.steps=8", *TWO_WORKERS, "tracking.enabled=true",
+                       f"tracking.uri=sqlite:///{tmp}/mlflow.db", "tracking.log_model=false")
+    result = DistributedTrainer(tracked, progress=False).run()
+    job = tracked.model_copy(update={"tracking": tracked.tracking.model_copy(update={"enabled": False})})
+    return {"job": job, "tracked": tracked, "result": result, "params": _params(result.checkpoint_uri)}
+
+
+# -- synchronous mode ------------------------------------------------------------------------------------------------
+@cluster
+def test_sync_run_equals_the_local_trainer(ray_cluster, small1_uri, small2_uri, tmp_path):
+    from metadist.distributed import DistributedTrainer
+
+    local = LocalTrainer(tiny_job(small1_uri, small2_uri, tmp_path / "local", *NO_BN), progress=False).run()
+    dist = DistributedTrainer(tiny_job(small1_uri, small2_uri, tmp_path / "dist", *NO_BN, *TWO_WORKERS), progress=False).run()
+    assert dist.steps == dist.applied_steps == local.applied_steps == 6
+    # Two slices summed vs one vmapped sum over all tasks: equal up to float summation order.
+    _assert_same(_params(local.checkpoint_uri), _params(dist.checkpoint_uri), exact=False, atol=1e-6)
+    for a, b in zip(local.history, dist.history, strict=True):
+        assert a["step"] == b["step"]
+        for key in ("loss_after", "accuracy_after", "loss_before", "accuracy_before"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5), key
+        assert b["workers"] == 2 and b["staleness_max"] == 0 and b["bytes_per_step"] > 0 and b["ps_apply_ms"] > 0
+        assert b["worker/0/tasks_per_s"] > 0 and b["worker/1/tasks_per_s"] > 0
+    assert dist.test.keys() == local.test.keys()
+    # One slice: the same vmapped call as the local trainer's, so the same bits, Adam and all.
+    adam_local = LocalTrainer(tiny_job(small1_uri, small2_uri, tmp_path / "adam"), progress=False).run()
+    one_slice = tiny_job(small1_uri, small2_uri, tmp_path / "one", *TWO_WORKERS, "distributed.slices=1")
+    _assert_same(_params(adam_local.checkpoint_uri), _params(DistributedTrainer(one_slice, progress=False).run().checkpoint_uri))
+
+
+@cluster
+def test_one_mlflow_run_records_workers_staleness_traffic_and_latency(undisturbed):
+    from mlflow import MlflowClient
+
+    job, result = undisturbed["tracked"], undisturbed["result"]
+    client = MlflowClient(job.tracking.uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["distributed.workers"] == "2"
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+    for key in ("loss_after", "tasks_per_s", "workers", "worker_restarts", "staleness_max", "bytes_per_step", "ps_apply_ms",
+                "worker/0/tasks_per_s", "worker/1/tasks_per_s", "worker/0/rss_mb", "worker/1/cpu_percent"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [2, 4, 6, 8], key
+    history = result.history
+    # Per step: two slices' update tensors in, and each version's parameters fetched once by each worker.
+    param_bytes = sum(v.numel() * v.element_size() for v in undisturbed["params"].values())
+    assert all(h["bytes_per_step"] == 4 * param_bytes for h in history if "bytes_per_step" in h)
+
+
+@cluster
+def test_killed_workers_cost_only_their_tasks_and_no_step_is_applied_twice(undisturbed, small1_uri, small2_uri, tmp_path, monkeypatch):
+    from metadist.distributed import DistributedTrainer
+
+    trainer = DistributedTrainer(undisturbed["job"].model_copy(update={"checkpoint": undisturbed["job"].checkpoint.model_copy(
+        update={"uri": str(tmp_path / "ckpt")})}), progress=False)
+    compute = trainer._compute_slices
+    killed = []
+
+    def chaos(step, bounds, with_before):
+        if step in (1, 3, 4, 6):  # kill a live worker just before its tasks are handed out: they are lost in flight
+            victim = trainer.group.live_workers()[0]
+            ray.kill(victim.actor)
+            killed.append(victim.worker_id)
+        return compute(step, bounds, with_before)
+
+    monkeypatch.setattr(trainer, "_compute_slices", chaos)
+    result = trainer.run()
+    assert len(killed) == 4 and trainer.worker_restarts == 4
+    assert result.steps == result.applied_steps == 8  # the server counts every apply: none twice, none lost
+    assert result.history[-1]["recomputed_tasks"] > 0 and result.history[-1]["worker_restarts"] == 4
+    # Slices are summed in their order whoever computed them: the same bits as the undisturbed run.
+    _assert_same(undisturbed["params"], _params(result.checkpoint_uri))
+
+
+@cluster
+def test_killed_parameter_server_resumes_from_its_checkpoint_to_the_same_parameters(undisturbed, tmp_path, monkeypatch):
+    from metadist.distributed import DistributedTrainer, ParameterServerLost
+
+    job = undisturbed["job"].model_copy(update={"checkpoint": undisturbed["job"].checkpoint.model_copy(update={"uri": str(tmp_path / "ckpt")})})
+    trainer = DistributedTrainer(job, progress=False)
+    apply = trainer._apply
+
+    def kill_server_at_step_5(step, weight, update_refs):
+        if step == 5:
+            ray.kill(trainer.server)
+        return apply(step, weight, update_refs)
+
+    monkeypatch.setattr(trainer, "_apply", kill_server_at_step_5)
+    with pytest.raises(ParameterServerLost, match="--resume"):
+        trainer.run()
+    assert [s for s, _ in ckpt_io.list_checkpoints(job.checkpoint.uri)] == [3]
+    resumed = DistributedTrainer(job, resume=True, progress=False)
+    assert resumed.step == 3
+    result = resumed.run()
+    assert result.steps == result.applied_steps == 8
+    _assert_same(undisturbed["params"], _params(result.checkpoint_uri))
+    # The same checkpoint format as the local trainer's: it resumes (and evaluates) from it too.
+    local = LocalTrainer(job.model_copy(update={"distributed": job.distributed.model_copy(update={"workers": 0})}),
+                         resume=result.checkpoint_uri, progress=False)
+    assert local.step == 8 and local.optimizer.step_count == 8
+
+
+# -- asynchronous mode -----------------------------------------------------------------------------------------------
+@cluster
+@pytest.mark.parametrize("policy", ["drop", "downweight"])
+def test_async_updates_respect_the_staleness_bound(ray_cluster, small1_uri, small2_uri, tmp_path, policy):
+    from metadist.distributed import DistributedTrainer
+
+    job = tiny_job(small1_uri, small2_uri, tmp_path, "train.steps=8", "train.log_every=1", *TWO_WORKERS,
+                   "distributed.mode=async", "distributed.max_staleness=0", f"distributed.stale_policy={policy}")
+    result = DistributedTrainer(job, progress=False).run()
+    assert result.steps == result.applied_steps == 8  # a dropped update's step is recomputed, never lost
+    last = result.history[-1]
+    # Both workers start on version 0: whichever arrives second is one version stale.
+    if policy == "drop":
+        assert all(h["staleness_max"] <= 0 for h in result.history)
+        assert last["dropped_stale_updates"] >= 1 and last["recomputed_tasks"] >= 4
+    else:
+        assert last["dropped_stale_updates"] == 0 and last["downweighted_updates"] >= 1
+        assert max(h["staleness_max"] for h in result.history) >= 1
+
+
+# -- scenarios with a cluster of their own (subprocesses) ------------------------------------------------------------
+def _scenario(name: str, tmp_path: Path, small1_uri: str, small2_uri: str, env: dict | None = None,
+              unset: tuple[str, ...] = (), wrapper: tuple[str, ...] = ()) -> dict:
+    out = tmp_path / f"{name}.json"
+    environment = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in unset}
+    proc = subprocess.run(
+        [*wrapper, sys.executable, "-m", "tests.test_distributed", name, str(tmp_path), small1_uri, small2_uri],
+        cwd=REPO, env=environment, capture_output=True, text=True, timeout=SCENARIO_TIMEOUT_S,
+    )
+    assert proc.returncode == 0 and out.exists(), proc.stdout[-3000:] + proc.stderr[-6000:]
+    return json.loads(out.read_text())
+
+
+@cluster
+@pytest.mark.slow
+def test_elastic_run_folds_in_added_nodes_and_survives_a_lost_one(small1_uri, small2_uri, tmp_path):
+    report = _scenario("elastic", tmp_path, small1_uri, small2_uri, env=_auth_env())
+    workers = report["workers"]  # live workers at each step's log line
+    assert workers[0] == 1 and max(workers) == 3 and workers[-1] == 1, workers
+    assert report["steps"] == report["applied_steps"] == 12 and report["restarts"] == 2
+    # The meta-batch means the same at any size: the run still equals the local trainer's.
+    local = LocalTrainer(tiny_job(small1_uri, small2_uri, tmp_path / "local", *ELASTIC), progress=False).run()
+    _assert_same(_params(local.checkpoint_uri), _params(report["checkpoint"]), exact=False, atol=1e-6)
+
+
+@cluster
+@pytest.mark.slow
+def test_cli_killed_driver_resumes_with_token_auth_to_the_same_parameters(undisturbed, small1_uri, small2_uri, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    # Ray 2.60's defaults, untouched: token auth on, a token generated into ~/.ray/auth_token (a private HOME here).
+    report = _scenario("cli_resume", tmp_path, small1_uri, small2_uri, env={"HOME": str(home)},
+                       unset=("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS"))
+    assert report["killed_after_checkpoint"] == 3
+    assert (home / ".ray" / "auth_token").is_file()
+    assert "checkpoint:" in report["stdout"]
+    _assert_same(undisturbed["params"], _params(report["checkpoint"]))
+
+
+# A PID, mount and network namespace of its own: `ray stop --force` there sees only this scenario's processes, Ray's
+# session files go to a private /tmp/ray, and every socket is on the namespace's own loopback.
+ISOLATED = ("unshare", "--pid", "--fork", "--mount-proc", "--net", "sh", "-c",
+            'ip link set lo up && mkdir -p /tmp/ray && mount -t tmpfs tmpfs /tmp/ray && exec "$@"', "isolated")
+
+
+def _can_isolate() -> bool:
+    try:
+        return subprocess.run([*ISOLATED, "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@cluster
+@pytest.mark.slow
+@pytest.mark.skipif(not _can_isolate(), reason="needs unshare (root) to keep the autoscaler's `ray stop --force` in a namespace")
+def test_autoscaler_launches_nodes_for_waiting_workers_and_they_join(small1_uri, small2_uri, tmp_path):
+    path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"  # the `ray` command of this environment
+    report = _scenario("autoscaling", tmp_path, small1_uri, small2_uri, env={**_auth_env(), "PATH": path}, wrapper=ISOLATED)
+    # Worker 0 fits on the head; worker 1 waits until the autoscaler has launched a node for it, then joins.
+    assert report["workers"][-1] == 2, report["workers"]
+    assert report["steps"] == report["applied_steps"] == 8
+    assert report["nodes"] == 2
+
+
+# -- the scenarios, run as `python -m tests.test_distributed NAME TMP SMALL1 SMALL2` --------------------------------
+ELASTIC = (*NO_BN, "train.steps=12", "train.log_every=1", "train.meta_batch=6", "distributed.workers=3",
+           "distributed.min_workers=1", "distributed.slices=3", "checkpoint.every=0")
+
+
+def _elastic(tmp: Path, small1_uri: str, small2_uri: str) -> dict:
+    """A one-CPU head node; a two-CPU node joins before step 3 and is removed before step 8."""
+    from ray.cluster_utils import Cluster
+
+    from metadist.distributed import DistributedTrainer
+    from metadist.distributed.cluster import loopback_only
+
+    loopback_only()
+    fast_failure_detection = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={
+        "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False, "_system_config": fast_failure_detection})
+    # The cluster runs with token auth (RAY_AUTH_MODE=token in its processes' environment). Joining by address,
+    # Ray enables token mode only when told: metadist's `connect` does, having a token ($RAY_AUTH_TOKEN) at hand.
+    assert os.environ.pop("RAY_AUTH_MODE") == "token"
+    job = tiny_job(small1_uri, small2_uri, tmp / "elastic", *ELASTIC, f"distributed.address={cluster.address}")
+    trainer = DistributedTrainer(job, progress=False)
+    assert trainer.connection.auth_mode == "token" and not trainer.connection.started_here
+    compute = trainer._compute_slices
+    nodes = []
+
+    def grow_then_shrink(step, bounds, with_before):
+        if step == 3:  # a node joins; hold the step until the two waiting workers were placed on it
+            nodes.append(cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1"))
+            deadline = time.monotonic() + SCENARIO_TIMEOUT_S / 2
+            while len(trainer.group.live) < 3 and time.monotonic() < deadline:
+                trainer.group.poll(timeout_s=0.5)
+        if step == 8:  # the node is lost with its workers and their in-flight slices
+            cluster.remove_node(nodes.pop())
+        return compute(step, bounds, with_before)
+
+    trainer._compute_slices = grow_then_shrink
+    run = trainer.run()
+    ray.shutdown()
+    cluster.shutdown()
+    return {"workers": [h["workers"] for h in run.history if "workers" in h], "steps": run.steps,
+            "applied_steps": run.applied_steps, "restarts": trainer.worker_restarts, "checkpoint": run.checkpoint_uri}
+
+
+# Ray 2.60's wheel lacks autoscaler/_private/fake_multi_node/example.yaml, which AutoscalingCluster reads: its
+# settings are supplied here.
+FAKE_MULTINODE = {
+    "cluster_name": "metadist-test", "max_workers": 1, "head_node_type": "ray.head.default",
+    "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                 "disable_launch_config_check": True},
+    "upscaling_speed": 1.0, "idle_timeout_minutes": 5, "auth": {}, "docker": {}, "file_mounts": {},
+    "cluster_synced_files": [], "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
+    "initialization_commands": [], "setup_commands": [], "head_setup_commands": [], "worker_setup_commands": [],
+    "head_start_ray_commands": [], "worker_start_ray_commands": [],
+}
+
+
+def _autoscaling(tmp: Path, small1_uri: str, small2_uri: str) -> dict:
+    """A 1-CPU head and an autoscaler that may launch one 1-CPU node: the run asks for two workers, starts with the
+    one that fits on the head, and folds in the other when the autoscaler has launched a node for it."""
+    import copy
+
+    from ray.cluster_utils import AutoscalingCluster
+
+    from metadist.distributed import DistributedTrainer
+    from metadist.distributed.cluster import loopback_only
+
+    class FakeMultinodeCluster(AutoscalingCluster):
+        def _generate_config(self, head_resources, worker_node_types, autoscaler_v2=False, **config_kwargs):
+            config = copy.deepcopy(FAKE_MULTINODE)
+            head = {"resources": dict(head_resources), "node_config": {}, "max_workers": 0}
+            config["available_node_types"] = {**worker_node_types, "ray.head.default": head}
+            config.update(config_kwargs)
+            return config
+
+    loopback_only()
+    cluster = FakeMultinodeCluster(head_resources={"CPU": 1}, worker_node_types={
+        "ray.worker.cpu": {"resources": {"CPU": 1}, "node_config": {}, "min_workers": 0, "max_workers": 1}})
+    cluster.start()
+    try:
+        job = tiny_job(small1_uri, small2_uri, tmp / "autoscaling", "train.steps=8", "train.log_every=1", "checkpoint.every=0",
+                       *TWO_WORKERS, "distributed.min_workers=1", "distributed.address=auto")
+        trainer = DistributedTrainer(job, progress=False)
+        compute = trainer._compute_slices
+
+        def wait_for_the_second_node(step, bounds, with_before):
+            deadline = time.monotonic() + SCENARIO_TIMEOUT_S / 2
+            while step == 3 and len(trainer.group.live) < 2 and time.monotonic() < deadline:
+                trainer.group.poll(timeout_s=0.5)
+            return compute(step, bounds, with_before)
+
+        trainer._compute_slices = wait_for_the_second_node
+        run = trainer.run()
+        nodes = sum(1 for n in ray.nodes() if n["Alive"])
+        ray.shutdown()
+    finally:
+        cluster.shutdown()  # `ray stop --force`: only this namespace's processes
+    return {"workers": [h["workers"] for h in run.history if "workers" in h], "steps": run.steps,
+            "applied_steps": run.applied_steps, "nodes": nodes}
+
+
+def _cli_resume(tmp: Path, small1_uri: str, small2_uri: str) -> dict:
+    """`metadist train --workers 2`, SIGKILLed after its step-3 checkpoint, then `--resume` to the end."""
+    job = tiny_job(small1_uri, small2_uri, tmp / "cli", "train.steps=8")
+    job_file = tmp / "job.yaml"
+    job_file.write_text(yaml.safe_dump(job.model_dump(mode="json")))
+    command = [sys.executable, "-m", "metadist", "train", str(job_file), "--workers", "2", "--no-progress"]
+    first = subprocess.Popen(command, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + SCENARIO_TIMEOUT_S / 2
+    while not ckpt_io.list_checkpoints(job.checkpoint.uri) and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.05)
+    killed_after = [s for s, _ in ckpt_io.list_checkpoints(job.checkpoint.uri)]
+    os.killpg(first.pid, signal.SIGKILL)  # the driver, and the Ray it started, die at once
+    first.wait()
+    second = subprocess.run([*command, "--resume"], cwd=tmp, capture_output=True, text=True, timeout=SCENARIO_TIMEOUT_S / 2)
+    if second.returncode != 0:
+        raise RuntimeError(second.stdout[-3000:] + second.stderr[-6000:])
+    return {"killed_after_checkpoint": killed_after[-1] if killed_after else None, "stdout": second.stdout,
+            "checkpoint": ckpt_io.latest(job.checkpoint.uri)}
+
+
+if __name__ == "__main__":
+    name, tmp_dir, small1, small2 = sys.argv[1:5]
+    scenario = {"elastic": _elastic, "cli_resume": _cli_resume, "autoscaling": _autoscaling}[name]
+    report = scenario(Path(tmp_dir), small1, small2)
+    Path(tmp_dir, f"{name}.json").write_text(json.dumps(report))
