@@ -64,6 +64,7 @@ def run_row(name: str, budget_s: float, threads: int) -> dict:
     from metadist.training import LocalTrainer
 
     row = ROWS[name]
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         budget = [f"train.time_budget_s={budget_s}"] if row.get("budget_only") else []
         sets = COMMON + row["sets"] + budget + [f"name=bench-{name}", f"train.threads={threads}", f"checkpoint.uri={tmp}/ckpt"]
@@ -74,6 +75,8 @@ def run_row(name: str, budget_s: float, threads: int) -> dict:
         "row": name, "overrides": row["sets"], "steps": result.steps, "train_time_s": result.train_time_s,
         "stopped_by_time_budget": result.stopped_by_time_budget, "test": test, "threads": threads,
         "tasks_per_step": job.train.meta_batch, "torch": torch.__version__, "date": dt.date.today().isoformat(),
+        # On a shared machine the time-budget row depends on what else ran: the 1-minute load average, 2 cores.
+        "load_average_before_after": [load_before, os.getloadavg()[0]],
     }
 
 
@@ -113,6 +116,8 @@ def write_doc(results: dict[str, dict], budget_s: float) -> None:
     for name, r in results.items():
         figure, verdict, overrides = describe(r)
         budget = " (time budget)" if r["stopped_by_time_budget"] else ""
+        if "load_average_before_after" in r:
+            budget += " (load {:.1f}→{:.1f})".format(*r["load_average_before_after"])
         lines.append(f"| {name} | {figure} | {verdict} | {r['steps']:,} ({r['tasks_per_step']}) | {r['train_time_s']:.0f} s{budget} | `{overrides}` |")
     section = "\n".join(lines) + "\n"
     doc = DOC_PATH.read_text() if DOC_PATH.exists() else "# Benchmarks\n"
