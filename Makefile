@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.metadist-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench-data clean
+.PHONY: setup demo test bench-data bench-quality clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ test: $(STAMP)
 
 bench-data: $(STAMP)
 	$(BIN)/python bench/data_sampler.py
+
+bench-quality: $(STAMP)
+	$(BIN)/python bench/quality.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
