@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.metadist-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench-data bench-quality clean
+.PHONY: setup demo test bench-data bench-train bench-quality clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: $(STAMP)
 
 bench-data: $(STAMP)
 	$(BIN)/python bench/data_sampler.py
+
+# Meta-training tasks/s and peak memory against learn2learn (build its virtualenv first: ../shared/peers/setup-learn2learn.sh).
+bench-train: $(STAMP)
+	$(BIN)/python bench/train_speed.py
 
 bench-quality: $(STAMP)
 	$(BIN)/python bench/quality.py

@@ -86,7 +86,7 @@ class Training:
     algorithm: str  # "maml" (second order) or "fomaml"
     ways: int
     inner_steps: int = 1
-X
+    tasks_per_pass: int | None = None  # metadist's MAML(tasks_per_pass=...); None: its default (on CPU 8, 2 at 5 steps)
 
     @property
     def name(self) -> str:
@@ -496,15 +496,32 @@ drawing episodes.
 
 def default_notes(report: dict) -> str:
     rows = report["speed"]
-    cpu = [(r["name"], s, r[s]["cpu_per_wall"]) for r in rows for s in SIDES if r[s]]
+    runs = [(r["name"], side, run) for r in rows for side in SIDES if r[side] for run in r[side]["rounds"]]
+    contended = [f"{name} ({side})" for name, side, run in runs if run["others_share"] > CONTENDED_SHARE]
+    cpu = [run["cpu_per_wall"] for _, _, run in runs]
     lines = [
-        "- CPU time / wall time while timed (2 threads; 2.0 = both cores busy the whole time), median over rounds: "
-        + "; ".join(f"{name} {side} {c:.2f}" for name, side, c in cpu)
-        + f". 1-minute load average at the end: {report['machine']['load_average_1min_at_end']:.2f}."
+        f"- Timed runs during which other processes used more than {CONTENDED_SHARE:.0%} of the machine: "
+        + (f"{len(contended)} of {len(runs)}: " + "; ".join(sorted(set(contended))) if contended else f"none of {len(runs)}")
+        + f" (left out of the medians where {MIN_CLEAN_ROUNDS} clean rounds remained). CPU time / wall time of the timed runs "
+        f"{min(cpu):.2f}–{max(cpu):.2f} (2 threads: 2.0 is both cores busy throughout); 1-minute load average at the "
+        f"end {report['machine']['load_average_1min_at_end']:.2f}.",
     ]
+    l2l_share = [r["learn2learn"]["sample_share"] for r in rows if r["learn2learn"]]
+    if l2l_share:
+        lines.append(
+            f"- learn2learn spends {min(l2l_share):.0%}–{max(l2l_share):.0%} of its step sampling episodes, one "
+            "`TaskDataset.sample()` per task (the issue measured 14–47%); metadist at most "
+            f"{max(r['metadist']['sample_share'] for r in rows):.0%}, one `EpisodeSampler.sample` per meta-batch."
+        )
+        before = {side: max(r[side]["memory_before_mb"]["rss"] for r in rows if r[side]) for side in SIDES}
+        lines.append(
+            f"- Peak RSS counts the whole process: before its first step metadist's holds {before['metadist']:.0f} MiB "
+            f"(interpreter, torch, pyarrow, the shard set), learn2learn's {before['learn2learn']:.0f} MiB (torchvision "
+            "too, and the 2,720 images as float32 tensors)."
+        )
     if report["sources_changed_during_run"]:
         lines.append("- metadist's learning-layer sources changed while this ran: the figures mix versions; run it again.")
-    return "\n".join(lines)
+    return "\n".join(lines + FINDINGS)
 
 
 def update_doc(path: Path, section: str) -> None:
