@@ -31,6 +31,7 @@ from metadist.serving import fewshot_pb2 as pb
 from metadist.serving.handles import HandleStore
 from metadist.serving.service import SERVICE_NAME, FewShotService, RpcStatus
 from tests.synthetic import drawing
+from tests.test_cli_train import _train as train_tiny
 
 TOKEN = "test-token-0123456789"
 LOOPBACK = "127.0.0.1:0"
@@ -39,16 +40,9 @@ CLASSES = ("class_0", "class_1", "class_2")
 
 # -- fixtures: two tiny checkpoints and servers over them -------------------------------------------------------------
 def _train(tmp_path, small1_uri, small2_uri, name, *sets) -> str:
-    args = ["train", "--no-progress"]
-    for s in (
-        f"name={name}", f"data.train.uri={small1_uri}", f"data.test.uri={small2_uri}", "data.test.split.groups=[Tagalog]",
-        "data.episode.queries=2", "data.test_episode.queries=2", "model.hidden=8", "train.meta_batch=2", "train.steps=2",
-        "train.eval_every=0", "train.final_eval_episodes=1", "train.threads=1", f"checkpoint.uri={tmp_path / name}",
-        "tracking.enabled=false", *sets,
-    ):
-        args += ["--set", s]
-    assert main(args) == 0
-    return str(tmp_path / name)
+    # The CLI tests' tiny job, smaller still: a server test needs a checkpoint, not a trained model.
+    return train_tiny(tmp_path, small1_uri, small2_uri, name, "train.meta_batch=2", "train.steps=2",
+                      "train.final_eval_episodes=1", *sets)
 
 
 @pytest.fixture(scope="module")
