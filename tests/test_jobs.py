@@ -25,3 +25,24 @@ def test_job_file_is_valid_and_named_after_its_file(path):
 def test_the_default_job_file_equals_the_embedded_default():
     job = load_job(str(Path(__file__).resolve().parents[1] / "jobs" / "omniglot-5way-1shot-maml.yaml"))
     assert job.model_copy(update={"name": JobConfig().name}) == JobConfig()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", JOBS, ids=[p.name for p in JOBS])
+def test_job_file_runs_end_to_end_when_shrunk(path, small1_uri, small2_uri, tmp_path):
+    """Each standard experiment trains, checkpoints and evaluates as written: only its size is cut (steps, width,
+    episodes), never its algorithm, episode shape or optimizer."""
+    from metadist.cli import main
+
+    job = load_job(str(path))
+    sets = ["train.steps=2", "train.meta_batch=2", "train.eval_every=0", "train.final_eval_episodes=2",
+            "train.threads=1", "model.hidden=8", "tracking.enabled=false", f"checkpoint.uri={tmp_path / 'ckpt'}"]
+    if job.data.regression is None:  # the cached bundled shard sets, under the test's private cache
+        sets += [f"data.train.uri={small1_uri}", f"data.test.uri={small2_uri}"]
+    args = ["train", str(path), "--no-progress"]
+    for item in sets:
+        args += ["--set", item]
+    assert main(args) == 0
+    from metadist.training import checkpoint as ckpt_io
+
+    assert [step for step, _ in ckpt_io.list_checkpoints(str(tmp_path / "ckpt"))][-1] == 2
