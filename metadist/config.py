@@ -75,6 +75,10 @@ class ModelConfig(_Strict):
         "transductive",
         description="'transductive' (batch statistics at train and test, as in the MAML papers) or 'none'",
     )
+    pool: str = Field(
+        "flatten", description="conv4: the head reads the last feature map 'flatten'ed (MAML paper) or its 'mean' over "
+        "positions (the MAML reference code, learn2learn's OmniglotCNN)",
+    )
 
     @model_validator(mode="after")
     def _known(self) -> "ModelConfig":
@@ -84,6 +88,8 @@ class ModelConfig(_Strict):
             raise ValueError(f"downsample must be 'stride' or 'maxpool', got {self.downsample!r}")
         if self.batch_norm not in ("transductive", "none"):
             raise ValueError(f"batch_norm must be 'transductive' or 'none', got {self.batch_norm!r}")
+        if self.pool not in ("flatten", "mean"):
+            raise ValueError(f"pool must be 'flatten' or 'mean', got {self.pool!r}")
         return self
 
 
@@ -98,6 +104,10 @@ class AlgorithmConfig(_Strict):
     inner_steps: int = Field(1, ge=1, description="inner steps while meta-training; MAML uses 1 on 5-way Omniglot")
     eval_inner_steps: int = Field(3, ge=0, description="inner steps at evaluation; MAML evaluates Omniglot with 3")
     matching_fce: bool = Field(False, description="Matching Networks: full-context embeddings (LSTMs over the support set)")
+    tasks_per_pass: int | None = Field(
+        None, ge=1, description="MAML family: tasks differentiated together (memory grows with it, the result does not "
+        "change); None = 8 on CPU (fewer for second order with several inner steps), the whole meta-batch on GPU",
+    )
 
     @model_validator(mode="after")
     def _known(self) -> "AlgorithmConfig":

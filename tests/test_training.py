@@ -182,3 +182,26 @@ def test_overrides_and_job_files_name_the_bad_field(tmp_path):
         load_job(str(bad))
     with pytest.raises(ConfigError, match="no such job file"):
         load_job(str(tmp_path / "missing.yaml"))
+
+
+def test_pool_and_tasks_per_pass_settings_reach_the_model_learner_and_checkpoint(small1_uri, small2_uri, tmp_path):
+    """`model.pool` shapes the head (and is rebuilt from the checkpoint); `algorithm.tasks_per_pass` only changes how
+    many tasks are differentiated together, never the update (up to float rounding)."""
+    from metadist.inference import FewShotClassifier
+    from metadist.training.tasks import build, make_sampler, model_spec
+
+    updates = {}
+    for per_pass in (1, 4):
+        job = tiny_job(small1_uri, small2_uri, tmp_path, "model.pool=mean", f"algorithm.tasks_per_pass={per_pass}")
+        model, learner = build(job, model_spec(job))
+        assert model.pool == "mean" and model.embedding_dim == 8 and learner.tasks_per_pass == per_pass
+        batch = make_sampler(job, "train", progress=False).sample(0, range(job.train.meta_batch))
+        updates[per_pass] = learner.compute_update(learner.init_meta_params(), batch).tensors
+    for name, value in updates[1].items():
+        torch.testing.assert_close(value, updates[4][name], rtol=1e-4, atol=1e-6)
+    run = LocalTrainer(job.model_copy(update={"train": job.train.model_copy(update={"steps": 1})}), progress=False).run()
+    assert FewShotClassifier.from_checkpoint(run.checkpoint_uri).model.pool == "mean"
+    with pytest.raises(ConfigError, match="pool"):
+        apply_overrides(JobConfig(), ["model.pool=max"])
+    with pytest.raises(ConfigError, match="tasks_per_pass"):
+        apply_overrides(JobConfig(), ["algorithm.tasks_per_pass=0"])

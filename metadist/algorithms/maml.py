@@ -66,6 +66,10 @@ class MAML(MetaLearner):
             raise ValueError(f"{type(self).__name__}: tasks_per_pass must be >= 1 or None, got {tasks_per_pass}")
         self.tasks_per_pass = tasks_per_pass
 
+    @classmethod
+    def from_config(cls, config, model: torch.nn.Module, kind: str, **settings) -> "MAML":
+        return super().from_config(config, model, kind, tasks_per_pass=config.tasks_per_pass, **settings)
+
     def inner_lrs(self, meta_params: Params) -> float | Params:
         return self.inner_lr
 

@@ -96,9 +96,11 @@ class Conv4(nn.Module):
         is slow on CPU (per-group loops, a dozen full-size elementwise passes for batch norm).
         """
         tasks, batch, channels, height, width = x.shape
-        # [B, T·C, H, W] in channels-last memory order: oneDNN's convolution backward passes are up to 2-3× faster
-        # in it than in NCHW (no reorder of every input gradient), which makes a 20-way step about 10-15% faster.
-        h = x.permute(1, 3, 4, 0, 2).contiguous().view(batch, height, width, tasks * channels).permute(0, 3, 1, 2)
+        # [B, T·C, H, W], contiguous (NCHW). Not channels-last: oneDNN's grouped convolution backward is faster in it
+        # but, in PyTorch 2.13 on CPU, returns wrong input gradients for some groups at realistic sizes (conv-4 with
+        # 32-64 filters, 8 tasks, 25 images: errors of ~1e-3 relative in the meta-gradient); tests/test_forward_tasks.py
+        # checks these sizes against a per-task float64 reference.
+        h = x.transpose(0, 1).reshape(batch, tasks * channels, height, width)
         for index, layer in enumerate(self.features):
             name = f"features.{index}"
             if isinstance(layer, nn.Conv2d):

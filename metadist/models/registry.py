@@ -17,6 +17,7 @@ def build_model(config: ModelConfig, *, input_shape: tuple[int, ...], outputs: i
         return Conv4(
             channels, outputs, hidden=config.hidden or (64 if small else 32), image_size=height,
             batch_norm=config.batch_norm == "transductive", downsample=config.downsample or ("stride" if small else "maxpool"),
+            pool=config.pool,
         )
     hidden = config.hidden or 40
     return MLP(input_shape[0], (hidden, hidden), outputs or 1)
