@@ -26,6 +26,7 @@ import yaml
 
 from metadist.training import LocalTrainer
 from metadist.training import checkpoint as ckpt_io
+from tests.conftest import missing_tool
 from tests.test_training import tiny_job
 
 ray = pytest.importorskip("ray")
@@ -293,8 +294,9 @@ def _can_isolate() -> bool:
 
 @cluster
 @pytest.mark.slow
-@pytest.mark.skipif(not _can_isolate(), reason="needs unshare (root) to keep the autoscaler's `ray stop --force` in a namespace")
 def test_autoscaler_launches_nodes_for_waiting_workers_and_they_join(small1_uri, small2_uri, tmp_path):
+    if not _can_isolate():
+        missing_tool("needs unshare (root) to keep the autoscaler's `ray stop --force` in a namespace of its own")
     path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"  # the `ray` command of this environment
     report = _scenario("autoscaling", tmp_path, small1_uri, small2_uri, env={**_auth_env(), "PATH": path}, wrapper=ISOLATED)
     # Worker 0 fits on the head; worker 1 waits until the autoscaler has launched a node for it, then joins.
