@@ -13,7 +13,7 @@ from metadist.errors import MetadistError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from metadist.cli import data, serve, train
+    from metadist.cli import data, serve, submit, train
 
     parser = argparse.ArgumentParser(prog="metadist", description="Distributed meta-training on Ray.")
     parser.add_argument("--version", action="version", version=f"metadist {__version__}")
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_commands(commands)
     train.add_commands(commands)
     serve.add_commands(commands)
+    submit.add_commands(commands)
     return parser
 
 
