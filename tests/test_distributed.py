@@ -3,8 +3,9 @@
 One Ray instance serves the module (started on loopback with token authentication on, the token in the
 environment so nothing is written to ~/.ray). Scenarios that need a cluster of their own run in a subprocess of
 this file (`python -m tests.test_distributed SCENARIO ...`): elastic growth and node loss on a
-`ray.cluster_utils.Cluster` (nodes added and removed by hand), the fake-multinode `AutoscalingCluster`, and the
-command line killed and resumed. `AutoscalingCluster` runs `ray stop --force`, which kills every Ray process on the
+`ray.cluster_utils.Cluster` (nodes added and removed by hand), the fake-multinode `AutoscalingCluster` (a job
+submitted to its job server, whose worker pool grows when the autoscaler adds a node), and the command line killed
+and resumed. `AutoscalingCluster` runs `ray stop --force`, which kills every Ray process on the
 machine: its scenario runs in PID, mount and network namespaces of its own (`unshare`), where `ray stop` sees only
 that scenario's processes; it is skipped where `unshare` is not allowed.
 """
@@ -294,15 +295,26 @@ def _can_isolate() -> bool:
 
 @cluster
 @pytest.mark.slow
-def test_autoscaler_launches_nodes_for_waiting_workers_and_they_join(small1_uri, small2_uri, tmp_path):
+def test_autoscaler_adds_a_node_while_a_submitted_job_runs_and_the_jobs_worker_pool_grows(small1_uri, small2_uri,
+                                                                                           tmp_path):
     if not _can_isolate():
         missing_tool("needs unshare (root) to keep the autoscaler's `ray stop --force` in a namespace of its own")
-    path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"  # the `ray` command of this environment
+    path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"  # `ray` and `metadist` of this environment
     report = _scenario("autoscaling", tmp_path, small1_uri, small2_uri, env={**_auth_env(), "PATH": path}, wrapper=ISOLATED)
-    # Worker 0 fits on the head; worker 1 waits until the autoscaler has launched a node for it, then joins.
-    assert report["workers"][-1] == 2, report["workers"]
+    assert report["status"] == "SUCCEEDED", f"{report['message']}\n{report['log'][-4000:]}"
+    # `metadist train --workers 2`, run by Ray Jobs: worker 0 fits on the 1-CPU head at once, a pool of one; worker 1
+    # waits in Ray's queue, which is the demand the autoscaler scales on; it launches a node, worker 1 comes up there
+    # and the pool is two. The job waited for it (min_workers: all), so the order does not depend on timing.
+    assert report["joined"] == [[0, 1], [1, 2]], report["log"][-4000:]
+    assert report["autoscaler_adds"] == ["Adding 1 node(s) of type ray.worker.cpu."], report["autoscaler_adds"]
+    [head] = [n for n in report["nodes"] if n["head"]]
+    [launched] = [n for n in report["nodes"] if not n["head"]]
+    assert report["started_ms"] < launched["started_ms"] < report["ended_ms"], "the node was not added while the job ran"
+    assert sorted(w["node"] for w in report["task_workers"]) == sorted([head["id"], launched["id"]]), report
+    # The job's own record: training started once the pool had grown, with two live workers at every step.
+    assert report["log"].index("; 2 live") < report["log"].index("step 1/8")
+    assert report["workers"] == [2] * 8
     assert report["steps"] == report["applied_steps"] == 8
-    assert report["nodes"] == 2
 
 
 # -- the scenarios, run as `python -m tests.test_distributed NAME TMP SMALL1 SMALL2` --------------------------------
@@ -362,14 +374,20 @@ FAKE_MULTINODE = {
 
 
 def _autoscaling(tmp: Path, small1_uri: str, small2_uri: str) -> dict:
-    """A 1-CPU head and an autoscaler that may launch one 1-CPU node: the run asks for two workers, starts with the
-    one that fits on the head, and folds in the other when the autoscaler has launched a node for it."""
+    """A 1-CPU head (whose dashboard is the job server) and an autoscaler that may launch one 1-CPU node. A tiny job
+    asking for two workers is submitted through the job server as `metadist submit` does; one worker fits on the
+    head, the other waits until the autoscaler has launched a node for it. The report: the job's log, status and
+    times, its history (from its final checkpoint), the cluster's nodes, where the task workers ran, and the
+    autoscaler's launches."""
     import copy
+    import dataclasses
+    import re
 
     from ray.cluster_utils import AutoscalingCluster
+    from ray.util.state import list_actors, list_nodes
 
-    from metadist.distributed import DistributedTrainer
     from metadist.distributed.cluster import loopback_only
+    from metadist.distributed.submission import JobServer, prepare_submission
 
     class FakeMultinodeCluster(AutoscalingCluster):
         def _generate_config(self, head_resources, worker_node_types, autoscaler_v2=False, **config_kwargs):
@@ -380,29 +398,51 @@ def _autoscaling(tmp: Path, small1_uri: str, small2_uri: str) -> dict:
             return config
 
     loopback_only()
+    workdir, checkpoints = tmp / "autoscaling-job", tmp / "autoscaling" / "ckpt"
+    workdir.mkdir()
+    job = tiny_job(small1_uri, small2_uri, tmp / "autoscaling", "name=autoscaling", "train.steps=8",
+                   "train.log_every=1", "checkpoint.every=0", "distributed.start_timeout_s=120")
+    (workdir / "job.yaml").write_text(yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False))
+    # `metadist submit job.yaml --workers 2`, built as the command builds it. The job waits for both workers
+    # (distributed.min_workers unset: all of them) before its first step, so the pool grows while the job runs
+    # whatever the timing. One change: its working directory is used in place (`local://`) instead of uploaded.
+    # Fake-multinode nodes share the head's session folder on this one machine, and a node that sets up an
+    # uploaded working directory unpacks it afresh (overwrite=True), deleting the copy the head's processes (the
+    # job's driver, worker 0) run in; on a real cluster each node has its own.
+    submission = prepare_submission(job, workdir / "job.yaml", workers=2, working_dir=workdir,
+                                    submission_id=f"autoscaling-{secrets.token_hex(3)}")
+    runtime_env = {k: v for k, v in submission.runtime_env.items() if k not in ("working_dir", "excludes")}
+    submission = dataclasses.replace(submission, runtime_env={**runtime_env, "working_dir": f"local://{workdir}"})
     cluster = FakeMultinodeCluster(head_resources={"CPU": 1}, worker_node_types={
         "ray.worker.cpu": {"resources": {"CPU": 1}, "node_config": {}, "min_workers": 0, "max_workers": 1}})
-    cluster.start()
+    cluster.start()  # `ray start --head`: with the dashboard, and so the job server, on 127.0.0.1:8265
     try:
-        job = tiny_job(small1_uri, small2_uri, tmp / "autoscaling", "train.steps=8", "train.log_every=1", "checkpoint.every=0",
-                       *TWO_WORKERS, "distributed.min_workers=1", "distributed.address=auto")
-        trainer = DistributedTrainer(job, progress=False)
-        compute = trainer._compute_slices
-
-        def wait_for_the_second_node(step, bounds, with_before):
-            deadline = time.monotonic() + SCENARIO_TIMEOUT_S / 2
-            while step == 3 and len(trainer.group.live) < 2 and time.monotonic() < deadline:
-                trainer.group.poll(timeout_s=0.5)
-            return compute(step, bounds, with_before)
-
-        trainer._compute_slices = wait_for_the_second_node
-        run = trainer.run()
-        nodes = sum(1 for n in ray.nodes() if n["Alive"])
+        context = ray.init(address="auto", logging_level="WARNING")
+        assert context.dashboard_url.startswith("127.0.0.1:"), context.dashboard_url
+        server = JobServer(f"http://{context.dashboard_url}")
+        server.submit(submission)
+        chunks: list[str] = []
+        info = server.follow(submission.submission_id, write=chunks.append)
+        nodes = [{"id": n.node_id, "head": n.is_head_node, "started_ms": n.start_time_ms}
+                 for n in list_nodes(detail=True) if n.state == "ALIVE"]
+        workers = [{"node": a.node_id, "state": a.state} for a in
+                   list_actors(filters=[("class_name", "=", "TaskWorker")], detail=True)]
         ray.shutdown()
+        logs = Path("/tmp/ray/session_latest/logs")  # the namespace's private /tmp/ray
+        autoscaler = "".join(f.read_text(errors="replace") for f in logs.glob("monitor.*"))
     finally:
         cluster.shutdown()  # `ray stop --force`: only this namespace's processes
-    return {"workers": [h["workers"] for h in run.history if "workers" in h], "steps": run.steps,
-            "applied_steps": run.applied_steps, "nodes": nodes}
+    out = "".join(chunks)
+    report = {"status": str(info.status), "message": info.message, "log": out, "started_ms": info.start_time,
+              "ended_ms": info.end_time, "nodes": nodes, "task_workers": workers,
+              "joined": [[int(w), int(live)] for w, live in
+                         re.findall(r"task worker (\d+) up on node \w+ .*; (\d+) live", out)],
+              "autoscaler_adds": sorted(set(re.findall(r"Adding \d+ node\(s\) of type [\w.]+\.", autoscaler)))}
+    if report["status"] == "SUCCEEDED":  # the job's own record of its run: the history in its final checkpoint
+        saved = ckpt_io.load(str(checkpoints))
+        report.update(workers=[h["workers"] for h in saved.trainer["history"] if "workers" in h], steps=saved.step,
+                      applied_steps=saved.trainer["applied_steps"])
+    return report
 
 
 def _cli_resume(tmp: Path, small1_uri: str, small2_uri: str) -> dict:

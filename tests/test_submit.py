@@ -4,7 +4,9 @@ One cluster serves the module: `cluster/local-cluster.sh up` — a head (0 CPUs:
 server need none) and one worker node (1 CPU), every socket on 127.0.0.1, token authentication on with the token in
 $RAY_AUTH_TOKEN and a private HOME, so nothing touches ~/.ray — and `local-cluster.sh down` stops exactly its
 processes. A real `mlflow server` (tests/mlflow_server.py) receives the runs; they are checked through MLflow's REST
-API. Jobs are tiny (conv-4 with 8 filters, a few steps) and their data are the session's bundled shard sets.
+API, and the end-to-end run also in headless Chromium (tests/browser.py), as a person sees it in the MLflow UI, with a
+screenshot kept in $METADIST_TEST_ARTIFACTS (else test-artifacts/). Jobs are tiny (conv-4 with 8 filters, a few
+steps) and their data are the session's bundled shard sets.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ import pytest
 import yaml
 
 from metadist.cli import main
+from tests.browser import find_chrome, headless_chrome
+from tests.conftest import missing_tool
 from tests.mlflow_server import free_port, mlflow_server  # noqa: F401  (session fixture: a real `mlflow server`)
+from tests.test_mlflow_ui import ARTIFACTS_ENV, MIN_PNG_BYTES, assert_loopback, value_after
 from tests.test_training import tiny_job
 
 pytest.importorskip("ray")
@@ -161,6 +166,29 @@ def test_submitted_job_succeeds_and_its_run_is_in_mlflow(  # noqa: F811  (mlflow
     assert {"job.yaml", "plots", "checkpoints"} <= artifacts()
     assert artifacts("plots") == {"plots/learning_curve.png"}
     assert "checkpoints/step-00000004.safetensors" in artifacts("checkpoints")
+
+    # The same run as a person sees it in the MLflow UI: the experiment in the list, and the run's page with its
+    # name, a setting and its final test accuracy. One Chromium, loopback only; the run page (its name and metrics
+    # table) is kept as submit-run.png.
+    chrome = find_chrome()
+    if chrome is None:
+        missing_tool("no Chromium found for the MLflow UI check (apt-get install chromium, or set $CHROME)")
+    run_name = run["info"]["run_name"]
+    assert run_name == "tiny-submit"  # tracking.run_name unset: the job's name
+    with headless_chrome(chrome) as browser:
+        browser.load(f"{mlflow_server}/#/experiments", expect=[experiment])
+        run_page = f"{mlflow_server}/#/experiments/{experiment_id}/runs/{run_id}"
+        text = browser.load(run_page, expect=[run_name, "Finished", run_id, "test_accuracy_after"])
+        assert float(value_after(text, "test_accuracy_after")) == pytest.approx(metrics["test_accuracy_after"])
+        assert value_after(text, "train.steps") == "4"
+        browser.scroll_to("Metrics (")  # the metrics table under the run's name, which stays in view
+        png = browser.screenshot()
+        assert_loopback(browser.requested_urls)
+    artifacts_dir = Path(os.environ.get(ARTIFACTS_ENV) or REPO / "test-artifacts")
+    artifacts_dir.mkdir(parents=True, exist_ok=True)
+    (artifacts_dir / "submit-run.png").write_bytes(png)
+    assert png.startswith(b"\x89PNG") and len(png) >= MIN_PNG_BYTES, f"submit-run.png: {len(png)} bytes, a blank page?"
+    assert browser.network is not None and browser.network.off_loopback() == []  # Chromium's NetLog, every process
 
 
 @pytest.mark.cluster
