@@ -523,7 +523,11 @@ FINDINGS = [
     "2. Its convolution and batch norm are autograd Functions whose backward passes are Functions too, with "
     "hand-written derivatives: the convolution's double backward is oneDNN calls with output masks (no per-group "
     "loop, no gradient for the data), batch norm's a closed form in two fused reductions and five passes.",
-    "3. The folded activations are channels-last: oneDNN's backward-data pass no longer reorders each gradient.",
+    "3. (Withdrawn.) The folded activations were channels-last, which saved oneDNN a reorder of each gradient, "
+    "but PyTorch 2.13's channels-last grouped-convolution backward returns wrong input gradients for some tasks at "
+    "training sizes (about 1e-3 relative in the meta-gradient); they are NCHW again, and "
+    "tests/test_forward_tasks.py checks training sizes against a float64 per-task reference. The table below was "
+    "measured with channels-last; the side-by-side figures above are measured without it.",
     "4. 8 tasks per pass on CPU (`MAML(tasks_per_pass=...)`; fewer for second order with several inner steps, "
     "2 at 5): the activations of 8 tasks stay in cache, and memory is bounded.",
     "5. On CPU the learner has glibc keep freed memory for reuse (`maml.retain_freed_cpu_memory`, mallopt).",
