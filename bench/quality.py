@@ -48,7 +48,7 @@ ROWS: dict[str, dict] = {
                                                "train.meta_batch=2", "train.steps=1500"]},
     "sinusoid-maml": {"target_mse": 0.4, "sets": ["data.regression={family: sinusoid, shots: 5, queries: 10}", "data.train=null",
                                                   "data.test=null", "model.name=mlp", "algorithm.inner_lr=0.01",
-                                                  "algorithm.eval_inner_steps=10", "train.meta_batch=25", "train.steps=3000"]},
+                                                  "algorithm.eval_inner_steps=10", "train.meta_batch=25", "train.steps=20000"]},
     # ProtoNet, the fastest to learn here, for a wall-clock budget only (--budget-s, 600 s by default).
     "time-to-accuracy": {"target": 0.95, "budget_only": True, "sets": ["algorithm.name=protonet", "data.episode.ways=20",
                                                                       "train.meta_batch=2", "train.steps=1000000"]},
