@@ -23,6 +23,10 @@ class EpisodeConfig(_Strict):
     rotations: bool = Field(
         False, description="treat each 90° rotation of a class as a new class (the Omniglot convention)"
     )
+    shift: int = Field(
+        0, ge=0, le=8, description="augmentation: move each example by up to ±shift pixels in x and y (zero fill), "
+        "drawn per example; 0 = off. For training episodes (data.episode) only",
+    )
 
 
 class SplitConfig(_Strict):
@@ -174,6 +178,8 @@ class DataConfig(_Strict):
     def _sources(self) -> "DataConfig":
         if self.regression is None and self.train is None:
             raise ValueError("train must name a shard set (or set regression for a generated task family)")
+        if self.test_episode.shift:
+            raise ValueError("test_episode.shift must be 0: held-out tasks are measured on the images as they are")
         return self
 
 

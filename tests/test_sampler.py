@@ -138,3 +138,34 @@ def test_class_frequencies_are_uniform(shards):
     counts = np.bincount(virtual.ravel(), minlength=sampler.pool)
     expected = 20000 * 5 / sampler.pool
     assert abs(counts.mean() - expected) < 1e-9 and counts.min() > 0.75 * expected and counts.max() < 1.25 * expected
+
+
+def test_shift_augmentation_moves_each_example_deterministically_with_zero_fill(shards, small1_uri):
+    plain = EpisodeSampler(shards, EpisodeConfig(ways=5, shots=1, queries=5, rotations=True), seed=3)
+    shifted = EpisodeSampler(shards, EpisodeConfig(ways=5, shots=1, queries=5, rotations=True, shift=2), seed=3)
+    a, b = plain.sample(step=4, task_indices=range(6)), shifted.sample(step=4, task_indices=range(6))
+    assert torch.equal(a.class_index, b.class_index) and torch.equal(a.support_y, b.support_y)  # same episode
+    moved = 0
+    for before, after in zip(torch.cat([a.support_x, a.query_x], 1).flatten(0, 1), torch.cat([b.support_x, b.query_x], 1).flatten(0, 1)):
+        # exactly one offset in [-2, 2]² reproduces the shifted image from the original with zeros shifted in
+        matches = []
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                padded = torch.nn.functional.pad(before, (2, 2, 2, 2))
+                if torch.equal(padded[:, 2 - dy : 30 - dy, 2 - dx : 30 - dx], after):
+                    matches.append((dy, dx))
+        assert matches, "a shifted example is not a shifted copy of the original"
+        moved += (0, 0) not in matches
+    assert moved > 30  # of 60 examples, most are moved (24 of the 25 offsets move them)
+    # whoever asks, alone or in a batch: the same shifts
+    alone = EpisodeSampler(ShardSet(small1_uri), shifted.episode, seed=3).sample(step=4, task_indices=[5])
+    assert torch.equal(alone.support_x[0], b.support_x[5]) and torch.equal(alone.query_x[0], b.query_x[5])
+
+
+def test_held_out_episodes_refuse_augmentation():
+    from pydantic import ValidationError
+
+    from metadist.config import DataConfig
+
+    with pytest.raises(ValidationError, match="test_episode.shift"):
+        DataConfig(test_episode=EpisodeConfig(shift=1))

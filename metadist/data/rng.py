@@ -18,6 +18,7 @@ STREAM_CLASSES = 1
 STREAM_EXAMPLES = 3
 STREAM_REGRESSION_TASK = 5
 STREAM_REGRESSION_X = 6
+STREAM_SHIFTS = 7
 
 
 def _mix(z: np.ndarray) -> np.ndarray:

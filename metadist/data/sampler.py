@@ -105,6 +105,8 @@ class EpisodeSampler:
                 where = np.nonzero(turns == turn)
                 if len(where[0]):
                     array[where] = np.rot90(array[where], turn, axes=(-2, -1))
+        if self.episode.shift:
+            pixels = self._shifted(pixels, step, tasks)
         return ClassificationBatch(
             support_x=pixels[:, : n * k].to(torch.float32).div_(255),  # x / 255, as the manifest documents
             support_y=self._support_y.expand(t, -1).clone(),
@@ -128,6 +130,20 @@ class EpisodeSampler:
         order = np.concatenate([flat[..., :k].reshape(t, n * k), flat[..., k:].reshape(t, n * q)], axis=1)
         picked = arena.view(-1, *arena.shape[2:]).index_select(0, torch.from_numpy(order.reshape(-1)))
         return picked.view(t, n * (k + q), *arena.shape[2:])
+
+    def _shifted(self, pixels: torch.Tensor, step: int, tasks: np.ndarray) -> torch.Tensor:
+        """Each example moved by its own (dy, dx) in [-shift, shift]², drawn from (seed, step, task, example):
+        the content moves, the border fills with zeros (Omniglot's background; ink is bright after import)."""
+        s = self.episode.shift
+        t, m, c, h, w = pixels.shape
+        u = rng.uniform(self.seed, step, tasks, rng.STREAM_SHIFTS, (m, 2))  # [T, M, 2]
+        offsets = torch.from_numpy(np.floor(u * (2 * s + 1)).astype(np.int64) - s).view(t * m, 2)
+        padded = torch.nn.functional.pad(pixels.view(t * m, c, h, w), (s, s, s, s))  # zeros around
+        rows = torch.arange(h)[None, :] + (s - offsets[:, :1])  # out[y] = in[y - dy] = padded[y - dy + s]
+        cols = torch.arange(w)[None, :] + (s - offsets[:, 1:])
+        picked = padded[torch.arange(t * m)[:, None, None, None], torch.arange(c)[None, :, None, None],
+                        rows[:, None, :, None], cols[:, None, None, :]]
+        return picked.view(t, m, c, h, w)
 
     @staticmethod
     def _unique(class_index: np.ndarray):
