@@ -6,7 +6,7 @@ kubernetes-validate's strict schemas of the newest Kubernetes it ships. The mani
 `kubectl kustomize` (the client alone; no cluster is contacted); without kubectl the module is skipped, except in CI
 (METADIST_CI=1), where that is a failure.
 
-The CRDs are read from $KUBERAY_CRDS, else ../shared/k8s/kuberay-crds next to the repository.
+The CRDs are the vendored copies in tests/data/kuberay-crds-v1.7.0 (or $KUBERAY_CRDS).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import gzip
 import importlib.resources
 import importlib.util
 import json
@@ -92,12 +93,16 @@ CORE = [obj for obj in objects(*DEPLOYED, "secrets") if not obj["apiVersion"].st
 
 
 # -- strict validation against the KubeRay CRDs ---------------------------------------------------------------------
-def kuberay_crds() -> Path:
-    env = os.environ.get("KUBERAY_CRDS")
-    folder = Path(env) if env else REPO.parent / "shared" / "k8s" / "kuberay-crds"
-    if not (folder / CRD_FILES["RayCluster"]).is_file():
-        pytest.fail(f"KubeRay v1.7.0 CRDs not found in {folder}: set KUBERAY_CRDS to the folder that holds {sorted(CRD_FILES.values())}")
-    return folder
+VENDORED_CRDS = REPO / "tests" / "data" / "kuberay-crds-v1.7.0"  # gzipped, unchanged (see its README)
+
+
+def crd_text(kind: str) -> str:
+    """The CRD of `kind`: from $KUBERAY_CRDS when set (plain or gzipped files), else the vendored copy."""
+    folder = Path(os.environ.get("KUBERAY_CRDS") or VENDORED_CRDS)
+    for path in (folder / CRD_FILES[kind], folder / f"{CRD_FILES[kind]}.gz"):
+        if path.is_file():
+            return gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    pytest.fail(f"KubeRay v1.7.0 CRD {CRD_FILES[kind]}(.gz) not found in {folder} (KUBERAY_CRDS)")
 
 
 def strict_schema(schema: dict) -> dict:
@@ -162,7 +167,7 @@ def _k8s_definitions() -> Resource:
 @functools.cache
 def crd_schema(kind: str, strict: bool = True) -> dict:
     """The openAPIV3Schema of the served storage version (v1), strict or as the CRD has it."""
-    crd = yaml.load((kuberay_crds() / CRD_FILES[kind]).read_text(), Loader=_Loader)
+    crd = yaml.load(crd_text(kind), Loader=_Loader)
     assert crd["spec"]["names"]["kind"] == kind
     (version,) = [v for v in crd["spec"]["versions"] if v["served"] and v["storage"]]
     assert version["name"] == "v1"
