@@ -33,6 +33,7 @@ import os
 import re
 import secrets
 import shlex
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -261,15 +262,33 @@ class JobServer:
             return self._client.list_jobs()
 
     def follow(self, submission_id: str, write: Callable[[str], object]):
-        """Stream the job's logs to `write` until it ends; its final `JobDetails`."""
+        """Stream the job's logs to `write` until it ends; its final `JobDetails`.
+
+        The stream runs in a thread of its own so that Ctrl-C reaches this (main) thread as KeyboardInterrupt at
+        once. Under asyncio.run in the main thread, Ctrl-C only cancels the streaming task, and a cancellation that
+        lands in aiohttp's timed websocket read can be lost: seen as a follower that went on streaming after Ctrl-C.
+        """
 
         async def tail() -> None:
             async for chunk in self._client.tail_job_logs(submission_id):
                 write(chunk)
 
-        with _calls(self.address, f"follow the logs of job {submission_id}"):
+        failures: list[BaseException] = []
+
+        def stream() -> None:
             try:
                 asyncio.run(tail())
+            except BaseException as exc:  # handed to the main thread, below
+                failures.append(exc)
+
+        thread = threading.Thread(target=stream, name=f"logs-{submission_id}", daemon=True)
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.2)  # short waits: a signal's handler runs between them
+        with _calls(self.address, f"follow the logs of job {submission_id}"):
+            try:
+                if failures:
+                    raise failures[0]
             except RuntimeError as exc:  # the stream closed early (a dashboard restart): the job may go on
                 if "does not exist" in str(exc):
                     raise
