@@ -44,6 +44,8 @@ import time
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from _docs import replace_section
 from typing import Callable
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -547,19 +549,6 @@ Episodes/s here includes reading evicted classes back from the shards.
 """
 
 
-def update_doc(path: Path, section: str) -> None:
-    """Replace the section (up to the next '## ' heading) in `path`, or append it; create the file if missing."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    start = text.find(DOC_SECTION + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(DOC_SECTION))
-        text = text[:start] + section + ("\n" + text[end + 1 :] if end >= 0 else "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
-
-
 # -- entry point ----------------------------------------------------------------------------------------------------
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -614,7 +603,7 @@ def main() -> None:
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     section = doc_section(report)
-    update_doc(args.doc, section)
+    replace_section(args.doc, DOC_SECTION, section)
     print(section)
     print(f"wrote {args.results} and the section {DOC_SECTION!r} of {args.doc} ({report['elapsed_s']:.0f} s)")
 

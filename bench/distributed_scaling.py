@@ -34,6 +34,8 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+from _docs import replace_section
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 RESULTS_PATH = BENCH_DIR / "results" / "distributed_scaling.json"
@@ -221,14 +223,7 @@ Raw figures: `bench/results/distributed_scaling.json`.
     paragraphs = body.strip("\n").split("\n\n")
     body = "\n\n".join(p if p.startswith(("#", "|")) else textwrap.fill(" ".join(p.split()), width=116)
                         for p in paragraphs) + "\n"
-    text = DOC_PATH.read_text() if DOC_PATH.exists() else "# Benchmarks\n"
-    if DOC_SECTION in text:
-        start = text.index(DOC_SECTION)
-        nxt = text.find("\n## ", start + len(DOC_SECTION))
-        text = text[:start] + body + ("" if nxt < 0 else text[nxt:])
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    DOC_PATH.write_text(text)
+    replace_section(DOC_PATH, DOC_SECTION, body)
 
 
 if __name__ == "__main__":

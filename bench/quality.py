@@ -27,6 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _docs import replace_section
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 RESULTS_PATH = BENCH_DIR / "results" / "quality.json"
@@ -119,15 +121,7 @@ def write_doc(results: dict[str, dict], budget_s: float) -> None:
         if "load_average_before_after" in r:
             budget += " (load {:.1f}→{:.1f})".format(*r["load_average_before_after"])
         lines.append(f"| {name} | {figure} | {verdict} | {r['steps']:,} ({r['tasks_per_step']}) | {r['train_time_s']:.0f} s{budget} | `{overrides}` |")
-    section = "\n".join(lines) + "\n"
-    doc = DOC_PATH.read_text() if DOC_PATH.exists() else "# Benchmarks\n"
-    start = doc.find(DOC_SECTION)
-    if start < 0:
-        doc = doc.rstrip("\n") + "\n\n" + section
-    else:
-        end = doc.find("\n## ", start + len(DOC_SECTION))
-        doc = doc[:start] + section + ("" if end < 0 else "\n" + doc[end + 1 :])
-    DOC_PATH.write_text(doc)
+    replace_section(DOC_PATH, DOC_SECTION, "\n".join(lines))
 
 
 def main() -> None:

@@ -49,6 +49,8 @@ import time
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from _docs import replace_section
 from typing import Callable
 
 from data_sampler import RESULT_MARK, emit, markdown_table, memory_mb
@@ -589,18 +591,6 @@ def default_notes(report: dict) -> str:
     return "\n".join(lines + FINDINGS)
 
 
-def update_doc(path: Path, section: str) -> None:
-    """Replace the section (up to the next '## ' heading) in `path`, or append it; create the file if missing."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    start = text.find(DOC_SECTION + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(DOC_SECTION))
-        text = text[:start] + section + ("\n" + text[end + 1 :] if end >= 0 else "")
-    path.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
-
-
 # -- entry point --------------------------------------------------------------------------------------------------------
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -634,7 +624,7 @@ def main() -> None:
         return
     if args.doc_only:
         report = json.loads(args.results.read_text(encoding="utf-8"))
-        update_doc(args.doc, doc_section(report, default_notes(report)))
+        replace_section(args.doc, DOC_SECTION, doc_section(report, default_notes(report)))
         print(f"wrote the section {DOC_SECTION!r} of {args.doc} from {args.results}")
         return
     started, sources = time.perf_counter(), source_hashes()
@@ -661,7 +651,7 @@ def main() -> None:
     args.results.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     section = doc_section(report, default_notes(report))
     if not args.no_doc:
-        update_doc(args.doc, section)
+        replace_section(args.doc, DOC_SECTION, section)
     print(section)
     print(f"wrote {args.results}" + ("" if args.no_doc else f" and the section {DOC_SECTION!r} of {args.doc}") + f" ({report['elapsed_s']:.0f} s)")
 
