@@ -14,6 +14,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class AffineJitterConfig(_Strict):
+    """Augmentation: a random affine warp of each training example (the variation between two people's drawings
+    of one character: slant, size, skew). Each amount is a ± range drawn uniformly per example; all 0 = off."""
+
+    degrees: float = Field(0, ge=0, le=45, description="rotate by up to ±degrees (small tilts; 90° turns are `rotations`)")
+    scale: float = Field(0, ge=0, lt=1, description="scale by a factor in [1 - scale, 1 + scale]")
+    shear: float = Field(0, ge=0, le=45, description="shear along x by up to ±shear degrees")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.degrees or self.scale or self.shear)
+
+
 class EpisodeConfig(_Strict):
     """The shape of one few-shot classification episode (N-way K-shot, Q queries per class)."""
 
@@ -26,6 +39,11 @@ class EpisodeConfig(_Strict):
     shift: int = Field(
         0, ge=0, le=8, description="augmentation: move each example by up to ±shift pixels in x and y (zero fill), "
         "drawn per example; 0 = off. For training episodes (data.episode) only",
+    )
+    affine: AffineJitterConfig = Field(
+        default_factory=AffineJitterConfig,
+        description="augmentation: random rotation/scale/shear per example (bilinear, zero fill), applied after "
+        "`shift`; all 0 = off. For training episodes (data.episode) only",
     )
 
 
@@ -180,6 +198,8 @@ class DataConfig(_Strict):
             raise ValueError("train must name a shard set (or set regression for a generated task family)")
         if self.test_episode.shift:
             raise ValueError("test_episode.shift must be 0: held-out tasks are measured on the images as they are")
+        if self.test_episode.affine.enabled:
+            raise ValueError("test_episode.affine must be all 0: held-out tasks are measured on the images as they are")
         return self
 
 

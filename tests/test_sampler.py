@@ -162,6 +162,49 @@ def test_shift_augmentation_moves_each_example_deterministically_with_zero_fill(
     assert torch.equal(alone.support_x[0], b.support_x[5]) and torch.equal(alone.query_x[0], b.query_x[5])
 
 
+def _ink_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Total ink and its centroid (x, y) in affine_grid's normalized coordinates, per image of [M, 1, H, W]."""
+    h, w = x.shape[-2:]
+    ys, xs = (torch.arange(h, dtype=torch.float64) * 2 + 1) / h - 1, (torch.arange(w, dtype=torch.float64) * 2 + 1) / w - 1
+    img = x[:, 0].double()
+    mass = img.sum((-2, -1))
+    centroid = torch.stack([(img * xs[None, None, :]).sum((-2, -1)), (img * ys[None, :, None]).sum((-2, -1))], -1) / mass[:, None]
+    return mass, centroid
+
+
+def test_affine_augmentation_warps_each_example_by_its_own_drawn_rotation_scale_and_shear(shards, small1_uri):
+    from metadist.config import AffineJitterConfig
+    from metadist.data import rng
+
+    jitter = AffineJitterConfig(degrees=20, scale=0.2, shear=15)
+    plain = EpisodeSampler(shards, EpisodeConfig(ways=5, shots=1, queries=5, rotations=True), seed=3)
+    warped = EpisodeSampler(shards, EpisodeConfig(ways=5, shots=1, queries=5, rotations=True, affine=jitter), seed=3)
+    a, b = plain.sample(step=4, task_indices=range(6)), warped.sample(step=4, task_indices=range(6))
+    assert torch.equal(a.class_index, b.class_index) and torch.equal(a.query_y, b.query_y)  # same episode
+    before, after = torch.cat([a.support_x, a.query_x], 1).flatten(0, 1), torch.cat([b.support_x, b.query_x], 1).flatten(0, 1)
+    assert after.min() >= 0 and after.max() <= 1 and not torch.equal(before, after)
+
+    # An independent account of the warp each example should get: the same draws, as a matrix built by hand.
+    u = 2 * rng.uniform(3, 4, np.arange(6), rng.STREAM_AFFINE, (30, 3)).reshape(-1, 3) - 1
+    expected_mass, expected_centroid = [], []
+    mass, centroid = _ink_moments(before)
+    for i, (r, s, k) in enumerate(u):
+        angle, shear, scale = np.deg2rad(r * 20), np.deg2rad(k * 15), 1 + s * 0.2
+        matrix = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) @ np.array([[1, np.tan(shear)], [0, 1]])
+        expected_mass.append(mass[i].item() * np.linalg.det(matrix))  # area, and so ink, scales by the determinant
+        expected_centroid.append(matrix @ centroid[i].numpy())  # a linear map moves the centroid with it
+    got_mass, got_centroid = _ink_moments(after)
+    # Bilinear resampling blurs this a little, and a stroke pushed past the border is cut off (those examples
+    # miss); a wrong sign, axis or inverse would miss on nearly all (a 20° turn moves a centroid 0.3 out by ~0.1).
+    mass_ok = np.abs(got_mass.numpy() / np.array(expected_mass) - 1) < 0.02
+    centroid_ok = np.abs(got_centroid.numpy() - np.array(expected_centroid)).max(1) < 0.01
+    assert (mass_ok & centroid_ok).mean() > 0.8, (mass_ok.mean(), centroid_ok.mean())
+
+    # whoever asks, alone or in a batch: the same warps
+    alone = EpisodeSampler(ShardSet(small1_uri), warped.episode, seed=3).sample(step=4, task_indices=[5])
+    assert torch.allclose(alone.support_x[0], b.support_x[5]) and torch.allclose(alone.query_x[0], b.query_x[5])
+
+
 def test_held_out_episodes_refuse_augmentation():
     from pydantic import ValidationError
 
@@ -169,3 +212,5 @@ def test_held_out_episodes_refuse_augmentation():
 
     with pytest.raises(ValidationError, match="test_episode.shift"):
         DataConfig(test_episode=EpisodeConfig(shift=1))
+    with pytest.raises(ValidationError, match="test_episode.affine"):
+        DataConfig(test_episode=EpisodeConfig(affine={"degrees": 5}))

@@ -19,6 +19,7 @@ STREAM_EXAMPLES = 3
 STREAM_REGRESSION_TASK = 5
 STREAM_REGRESSION_X = 6
 STREAM_SHIFTS = 7
+STREAM_AFFINE = 8
 
 
 def _mix(z: np.ndarray) -> np.ndarray:

@@ -107,10 +107,13 @@ class EpisodeSampler:
                     array[where] = np.rot90(array[where], turn, axes=(-2, -1))
         if self.episode.shift:
             pixels = self._shifted(pixels, step, tasks)
+        x = pixels.to(torch.float32).div_(255)  # x / 255, as the manifest documents
+        if self.episode.affine.enabled:
+            x = self._warped(x, step, tasks)
         return ClassificationBatch(
-            support_x=pixels[:, : n * k].to(torch.float32).div_(255),  # x / 255, as the manifest documents
+            support_x=x[:, : n * k],
             support_y=self._support_y.expand(t, -1).clone(),
-            query_x=pixels[:, n * k :].to(torch.float32).div_(255),
+            query_x=x[:, n * k :],
             query_y=self._query_y.expand(t, -1).clone(),
             class_index=torch.from_numpy(class_index),
             quarter_turns=torch.from_numpy(quarter_turns),
@@ -144,6 +147,25 @@ class EpisodeSampler:
         picked = padded[torch.arange(t * m)[:, None, None, None], torch.arange(c)[None, :, None, None],
                         rows[:, None, :, None], cols[:, None, None, :]]
         return picked.view(t, m, c, h, w)
+
+    def _warped(self, x: torch.Tensor, step: int, tasks: np.ndarray) -> torch.Tensor:
+        """Each example warped by its own rotation, scale and shear about the image centre, drawn from
+        (seed, step, task, example); bilinear, zeros outside the image."""
+        jitter = self.episode.affine
+        t, m, c, h, w = x.shape
+        u = torch.from_numpy(2 * rng.uniform(self.seed, step, tasks, rng.STREAM_AFFINE, (m, 3)) - 1).view(t * m, 3)
+        angle, shear = torch.deg2rad(u[:, 0] * jitter.degrees), torch.deg2rad(u[:, 2] * jitter.shear)
+        scale = 1 + u[:, 1] * jitter.scale
+        cos, sin, zero, one = torch.cos(angle), torch.sin(angle), torch.zeros_like(angle), torch.ones_like(angle)
+        rotate = torch.stack([cos, -sin, sin, cos], -1).view(-1, 2, 2)
+        skew = torch.stack([one, torch.tan(shear), zero, one], -1).view(-1, 2, 2)
+        forward = rotate @ skew * scale[:, None, None]  # where the content goes, in normalized (x, y) coordinates
+        # affine_grid maps each output position to the input position it samples: the inverse warp, no translation.
+        theta = torch.cat([torch.linalg.inv(forward), torch.zeros(t * m, 2, 1, dtype=forward.dtype)], -1).float()
+        flat = x.view(t * m, c, h, w)
+        grid = torch.nn.functional.affine_grid(theta, list(flat.shape), align_corners=False)
+        warped = torch.nn.functional.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return warped.view(t, m, c, h, w)
 
     @staticmethod
     def _unique(class_index: np.ndarray):
