@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import posixpath
+import threading
 import zipfile
 from dataclasses import dataclass
 from typing import Iterator
@@ -31,6 +32,11 @@ class InputTree:
                 self._zip = zipfile.ZipFile(self.fs.open(self.root, "rb"))
             except zipfile.BadZipFile as exc:
                 raise DataImportError(f"{uri}: not a folder and not a readable zip archive ({exc})") from exc
+        # Importers read from several threads. Interleaved reads through one ZipFile broke on Python 3.12
+        # ("Overlapped entries ... possible zip bomb" on the bundled Omniglot), so each thread opens its own.
+        self._local = threading.local()
+        self._handles: list[zipfile.ZipFile] = []
+        self._handles_lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -52,15 +58,27 @@ class InputTree:
     def read(self, file: InputFile) -> bytes:
         try:
             if self._zip is not None:
-                return self._zip.read(file.path)
+                return self._thread_zip().read(file.path)
             with self.fs.open(posixpath.join(self.root.rstrip("/"), file.path), "rb") as f:
                 return f.read()
         except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
             raise DataImportError(f"{file.where}: cannot be read ({exc})") from exc
 
+    def _thread_zip(self) -> zipfile.ZipFile:
+        handle = getattr(self._local, "zip", None)
+        if handle is None:
+            handle = self._local.zip = zipfile.ZipFile(self.fs.open(self.root, "rb"))
+            with self._handles_lock:
+                self._handles.append(handle)
+        return handle
+
     def close(self) -> None:
         if self._zip is not None:
             self._zip.close()
+        with self._handles_lock:
+            for handle in self._handles:
+                handle.close()
+            self._handles.clear()
 
 
 def _hidden(path: str) -> bool:
