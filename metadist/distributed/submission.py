@@ -274,17 +274,33 @@ class JobServer:
                 write(chunk)
 
         failures: list[BaseException] = []
+        loop = asyncio.new_event_loop()
+        streaming = loop.create_task(tail())
 
         def stream() -> None:
             try:
-                asyncio.run(tail())
+                loop.run_until_complete(streaming)
             except BaseException as exc:  # handed to the main thread, below
                 failures.append(exc)
+            finally:  # what asyncio.run does on the way out
+                try:
+                    loop.run_until_complete(loop.shutdown_asyncgens())
+                    loop.run_until_complete(loop.shutdown_default_executor())
+                finally:
+                    loop.close()
 
         thread = threading.Thread(target=stream, name=f"logs-{submission_id}", daemon=True)
         thread.start()
-        while thread.is_alive():
-            thread.join(0.2)  # short waits: a signal's handler runs between them
+        try:
+            while thread.is_alive():
+                thread.join(0.2)  # short waits: a signal's handler runs between them
+        except KeyboardInterrupt:
+            # Stop streaming too (the job itself goes on); a daemon thread that misses the cancel can't hold us up.
+            if not loop.is_closed():
+                with contextlib.suppress(RuntimeError):  # closed in between: the stream has ended anyway
+                    loop.call_soon_threadsafe(streaming.cancel)
+            thread.join(2)
+            raise
         with _calls(self.address, f"follow the logs of job {submission_id}"):
             try:
                 if failures:
