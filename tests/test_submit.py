@@ -222,7 +222,10 @@ def test_ctrl_c_leaves_the_job_running_and_job_stop_stops_it(cluster, workdir, t
                "--set", f"checkpoint.uri={tmp_path}", "--set", "checkpoint.every=0",
                "--set", "train.steps=1000000", "--set", "train.log_every=1"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    follower = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # As from a terminal: SIGINT at its default. Children inherit an ignored SIGINT (something earlier in a full
+    # run leaves pytest ignoring it), and Python then installs no KeyboardInterrupt handler: Ctrl-C would be lost.
+    follower = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # Following: wait for the job's first training step in the streamed logs, then Ctrl-C.
         deadline = time.monotonic() + JOB_TIMEOUT_S

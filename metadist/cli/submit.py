@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import sys
 
 from metadist.config import load_job
@@ -86,11 +85,7 @@ def _follow(server, submission_id: str) -> int:
     except KeyboardInterrupt:
         print(f"\nstopped following; job {submission_id} keeps running on the cluster.", file=sys.stderr)
         _print_hints(submission_id, server.address, file=sys.stderr)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # End the process now: the log stream's thread may still sit in aiohttp (once seen under load: a follower
-        # that did not exit within 30 s of Ctrl-C), and Ctrl-C must end the command. Nothing is left to clean up.
-        os._exit(INTERRUPTED_EXIT)
+        return INTERRUPTED_EXIT
     print(f"job {submission_id}: {info.status}" + (f" ({info.message})" if info.message else ""))
     return 0 if str(info.status) == "SUCCEEDED" else 1
 
