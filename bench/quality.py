@@ -5,6 +5,8 @@ Run (each row in a fresh process, one after the other; wall time is the sum of t
 
     .venv/bin/python bench/quality.py                       # every row
     .venv/bin/python bench/quality.py protonet-5way maml-5way --threads 2
+    python bench/quality.py --parallel protonet-5way-long protonet-20way-long               # on a GPU, side by side
+    python bench/quality.py protonet-5way-long --set model.hidden=128                       # a variant, kept beside its row
 
 A row is a job: the embedded default (metadist.config.JobConfig) plus the overrides listed in ROWS, trained with
 `metadist.training.LocalTrainer` for its fixed number of steps (so its result does not depend on how busy the
