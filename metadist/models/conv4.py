@@ -283,9 +283,11 @@ def _channel_sums(u, x, mean, rstd, grad_y, eps):
     """Per channel: Σu, Σu·x̂ and Σu·grad_y, in two fused passes.
 
     native_batch_norm_backward(u, x, ...) returns exactly (Σu·x̂, Σu) as its weight and bias gradients; fed grad_y
-    as its "input" with mean 0 and rstd 1, its weight gradient is Σu·grad_y.
+    as its "input" with mean 0 and rstd 1, its weight gradient is Σu·grad_y. Those two gradients do not depend on
+    the weight, but the weight is passed (ones) all the same: the CUDA kernel fails on an absent one ("tensor does
+    not have a device", PyTorch 2.11), where the CPU kernel accepts it.
     """
-    _, sum_ux, sum_u = torch.ops.aten.native_batch_norm_backward(u, x, None, None, None, mean, rstd, True, eps, [False, True, True])
     zeros, ones = torch.zeros_like(mean), torch.ones_like(rstd)
-    _, sum_ug, _ = torch.ops.aten.native_batch_norm_backward(u, grad_y, None, None, None, zeros, ones, True, eps, [False, True, False])
+    _, sum_ux, sum_u = torch.ops.aten.native_batch_norm_backward(u, x, ones, None, None, mean, rstd, True, eps, [False, True, True])
+    _, sum_ug, _ = torch.ops.aten.native_batch_norm_backward(u, grad_y, ones, None, None, zeros, ones, True, eps, [False, True, False])
     return sum_u, sum_ux, sum_ug
