@@ -36,6 +36,10 @@ class EpisodeConfig(_Strict):
     rotations: bool = Field(
         False, description="treat each 90° rotation of a class as a new class (the Omniglot convention)"
     )
+    reflections: bool = Field(
+        False, description="treat the mirror image of each class as a new class: twice the classes; with `rotations`, "
+        "the 8 symmetries of the square",
+    )
     shift: int = Field(
         0, ge=0, le=8, description="augmentation: move each example by up to ±shift pixels in x and y (zero fill), "
         "drawn per example; 0 = off. For training episodes (data.episode) only",

@@ -17,6 +17,15 @@ def test_sample_prints_an_episode_and_saves_a_grid(tmp_path, small1_uri, capsys)
     assert png.stat().st_size > 0
 
 
+def test_sample_shows_mirrored_classes_and_takes_every_augmentation(small1_uri, capsys):
+    args = ["data", "sample", small1_uri, "--ways", "40", "--rotations", "--reflections", "--shift", "2", "--affine", "10", "0.1", "5"]
+    assert main(args) == 0
+    labels = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("label ")]
+    assert len(labels) == 40
+    assert any(" mirrored" in line for line in labels) and any(" mirrored" not in line for line in labels)
+    assert any("rotated" in line for line in labels)
+
+
 def test_import_info_verify(tmp_path, tiny_omniglot_zip, capsys):
     out_uri = str(tmp_path / "shards")
     assert main(["data", "import", "omniglot", str(tiny_omniglot_zip), "--out", out_uri, "--format", "parquet"]) == 0

@@ -95,6 +95,39 @@ def test_rotation_classes_are_rotated_copies(shards):
             assert (rotated == img).flatten(1).all(1).any(), "support image is not a rotation of its class"
 
 
+def test_reflection_classes_are_mirrored_then_rotated_copies(shards):
+    episode = EpisodeConfig(ways=40, shots=1, queries=2, rotations=True, reflections=True)
+    sampler = EpisodeSampler(shards, episode, seed=5)
+    assert sampler.pool == 8 * len(sampler.classes)
+    batch = sampler.sample(0, range(4))
+    seen = {(int(m), int(r)) for m, r in zip(batch.mirrored.flatten(), batch.quarter_turns.flatten())}
+    assert seen == {(m, r) for m in (0, 1) for r in range(4)}, "all 8 symmetries of the square are drawn"
+    for t in range(4):
+        for label in range(40):
+            stored = torch.from_numpy(shards.read_class(int(batch.class_index[t, label])).astype(np.float32) / 255)
+            if batch.mirrored[t, label]:
+                stored = torch.flip(stored, dims=(-1,))
+            expected = torch.rot90(stored, int(batch.quarter_turns[t, label]), dims=(-2, -1))
+            for img in torch.cat([batch.support_x[t, batch.support_y[t] == label], batch.query_x[t, batch.query_y[t] == label]]):
+                assert (expected == img).flatten(1).all(1).any(), "an example is not its class mirrored, then turned"
+    # (class, mirrored, turns) names a class: one episode never holds the same one twice
+    for t in range(4):
+        keys = set(zip(batch.class_index[t].tolist(), batch.mirrored[t].tolist(), batch.quarter_turns[t].tolist()))
+        assert len(keys) == 40
+
+
+def test_reflections_alone_double_the_classes_and_leave_rotation_only_episodes_unchanged(shards):
+    mirrored = EpisodeSampler(shards, EpisodeConfig(ways=20, reflections=True), seed=2)
+    assert mirrored.pool == 2 * len(mirrored.classes)
+    batch = mirrored.sample(0, range(4))
+    assert (batch.quarter_turns == 0).all() and batch.mirrored.any() and not batch.mirrored.all()
+    # Without reflections the virtual ids are numbered as before: the same seed draws the same rotated episodes.
+    rotated = EpisodeSampler(shards, EpisodeConfig(ways=5, rotations=True), seed=2).sample(3, range(2))
+    assert not rotated.mirrored.any()
+    virtual, _ = EpisodeSampler(shards, EpisodeConfig(ways=5, rotations=True), seed=2).plan(3, range(2))
+    assert torch.equal(rotated.quarter_turns, torch.from_numpy(virtual % 4))
+
+
 def test_development_protocol_split_draws_only_new_alphabets(small2_uri):
     shards = ShardSet(small2_uri)
     split = SplitConfig(groups=list(SMALL2_NEW_ALPHABETS))

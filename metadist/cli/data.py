@@ -56,11 +56,13 @@ def add_commands(commands) -> None:
 
     sample = sub.add_parser("sample", help="draw one episode and show it")
     sample.add_argument("uri", nargs="?", default=DEFAULT_SAMPLE_URI, help=f"shard set (default {DEFAULT_SAMPLE_URI})")
-    for name in EpisodeConfig.model_fields:
-        if name == "rotations":
-            sample.add_argument("--rotations", action="store_true", default=None, help=EpisodeConfig.model_fields[name].description)
+    for name, field in EpisodeConfig.model_fields.items():
+        if field.annotation is bool:
+            sample.add_argument(f"--{name}", action="store_true", default=None, help=field.description)
+        elif name == "affine":
+            sample.add_argument("--affine", nargs=3, type=float, metavar=("DEGREES", "SCALE", "SHEAR"), help=field.description)
         else:
-            sample.add_argument(f"--{name}", type=int, help=EpisodeConfig.model_fields[name].description)
+            sample.add_argument(f"--{name}", type=int, help=field.description)
     sample.add_argument("--groups", nargs="+", help="sample only these groups")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--step", type=int, default=0)
@@ -145,13 +147,16 @@ def _sample(args) -> None:
     from metadist.data.shardset import ShardSet
 
     # Only the flags given override the configuration's defaults (defined once, in metadist.config).
-    episode = EpisodeConfig(**{k: getattr(args, k) for k in EpisodeConfig.model_fields if getattr(args, k) is not None})
+    given = {k: getattr(args, k) for k in EpisodeConfig.model_fields if getattr(args, k) is not None}
+    if "affine" in given:
+        given["affine"] = dict(zip(("degrees", "scale", "shear"), given["affine"]))
+    episode = EpisodeConfig(**given)
     shards = ShardSet(resolve_uri(args.uri))
     sampler = EpisodeSampler(shards, episode, split=SplitConfig(groups=args.groups), seed=args.seed)
     batch = sampler.sample(args.step, [args.task])
     names = [
-        shards.manifest.classes[int(c)].name + (f" rotated {int(r) * 90}°" if r else "")
-        for c, r in zip(batch.class_index[0], batch.quarter_turns[0])
+        shards.manifest.classes[int(c)].name + (" mirrored" if m else "") + (f" rotated {int(r) * 90}°" if r else "")
+        for c, r, m in zip(batch.class_index[0], batch.quarter_turns[0], batch.mirrored[0])
     ]
     print(f"episode (seed {args.seed}, step {args.step}, task {args.task}) from {shards.uri}")
     print(f"  {episode.ways}-way {episode.shots}-shot, {episode.queries} queries per class; "

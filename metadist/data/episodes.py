@@ -33,6 +33,7 @@ class ClassificationBatch(_Batch):
     query_x   [T, N·Q, C, H, W]                      query_y   [T, N·Q]
     class_index [T, N]    each label's class, as an index into the shard set's manifest
     quarter_turns [T, N]  each label's rotation (0-3 quarter turns; a rotated class is a class of its own)
+    mirrored [T, N]       each label's reflection (bool; mirrored before it is turned; a class of its own too)
     task_indices [T]
     """
 
@@ -42,6 +43,7 @@ class ClassificationBatch(_Batch):
     query_y: torch.Tensor
     class_index: torch.Tensor
     quarter_turns: torch.Tensor
+    mirrored: torch.Tensor
     task_indices: torch.Tensor
     step: int
 

@@ -21,6 +21,7 @@ from metadist.data.splits import select_classes
 from metadist.errors import EpisodeError
 
 ROTATIONS = 4  # quarter turns: with rotation augmentation each class becomes four
+REFLECTIONS = 2  # as drawn and mirrored: with reflection augmentation each class becomes two
 
 
 class EpisodeSampler:
@@ -49,11 +50,15 @@ class EpisodeSampler:
         _, height, width = manifest.example_shape
         if episode.rotations and height != width:
             raise EpisodeError(f"{shards.uri}: episode.rotations needs square examples, these are {height}×{width}")
-        self.pool = len(self.classes) * (ROTATIONS if episode.rotations else 1)
+        # Each class is `variants` virtual classes: virtual id = class position × variants + variant, and a variant
+        # is a quarter-turn count plus ROTATIONS × mirrored (so rotations alone number them as they always have).
+        self.variants = (ROTATIONS if episode.rotations else 1) * (REFLECTIONS if episode.reflections else 1)
+        self.pool = len(self.classes) * self.variants
         if episode.ways > self.pool:
+            augmented = [name for name in ("rotations", "reflections") if getattr(episode, name)]
             raise EpisodeError(
                 f"{shards.uri}: episode.ways = {episode.ways} but the split has only {self.pool} classes"
-                + (" (rotations included)" if episode.rotations else "")
+                + (f" ({' and '.join(augmented)} included)" if augmented else "")
             )
         self.counts = np.array([manifest.classes[i].count for i in self.classes], dtype=np.int64)
         self.cache = ClassCache(shards, self.classes, cache_mb)
@@ -71,17 +76,18 @@ class EpisodeSampler:
         tasks = np.asarray(task_indices, dtype=np.int64).reshape(-1)
         n, per_class = self.episode.ways, self.episode.shots + self.episode.queries
         virtual = rng.choose(self.seed, step, tasks, rng.STREAM_CLASSES, self.pool, n)  # [T, N]
-        base = virtual // ROTATIONS if self.episode.rotations else virtual
+        base = virtual // self.variants
         rows = rng.choose(self.seed, step, tasks, rng.STREAM_EXAMPLES, self.counts[base], per_class, lead=(n,))  # [T, N, K+Q]
         return virtual, rows
 
     def sample(self, step: int, task_indices) -> ClassificationBatch:
         tasks = np.asarray(task_indices, dtype=np.int64).reshape(-1)
         virtual, rows = self.plan(step, tasks)
+        base, variant = virtual // self.variants, virtual % self.variants
         if self.episode.rotations:
-            base, quarter_turns = virtual // ROTATIONS, virtual % ROTATIONS
+            quarter_turns, mirrored = variant % ROTATIONS, variant // ROTATIONS
         else:
-            base, quarter_turns = virtual, np.zeros_like(virtual)
+            quarter_turns, mirrored = np.zeros_like(variant), variant
         class_index = self.classes[base]  # manifest indices [T, N]
         slots = self.cache.slot_of[class_index]
         if (slots >= 0).all():  # the common case once the cache is warm: no bookkeeping beyond a timestamp
@@ -97,10 +103,14 @@ class EpisodeSampler:
                 for u, i in [self._unique(class_index[t : t + 1])]
             ])
         t, n, k = len(tasks), self.episode.ways, self.episode.shots
+        # Mirror, then rotate, the uint8 pixels (a quarter of the bytes of float32), grouped by transform.
+        array = pixels.numpy()
+        if self.episode.reflections:
+            where = np.nonzero(self._per_example(mirrored) == 1)
+            if len(where[0]):
+                array[where] = np.flip(array[where], axis=-1)
         if self.episode.rotations:
-            # Rotate the uint8 pixels (a quarter of the bytes of float32), grouped by turn.
-            turns = np.concatenate([np.repeat(quarter_turns, k, axis=1), np.repeat(quarter_turns, self.episode.queries, axis=1)], axis=1)
-            array = pixels.numpy()
+            turns = self._per_example(quarter_turns)
             for turn in range(1, ROTATIONS):
                 where = np.nonzero(turns == turn)
                 if len(where[0]):
@@ -117,9 +127,15 @@ class EpisodeSampler:
             query_y=self._query_y.expand(t, -1).clone(),
             class_index=torch.from_numpy(class_index),
             quarter_turns=torch.from_numpy(quarter_turns),
+            mirrored=torch.from_numpy(mirrored.astype(bool)),
             task_indices=torch.from_numpy(tasks),
             step=int(step),
         )
+
+    def _per_example(self, per_class: np.ndarray) -> np.ndarray:
+        """[T, N] per label → [T, N·(K+Q)] per example, in _gather's layout (all supports, then all queries)."""
+        k, q = self.episode.shots, self.episode.queries
+        return np.concatenate([np.repeat(per_class, k, axis=1), np.repeat(per_class, q, axis=1)], axis=1)
 
     def _gather(self, slots: np.ndarray, rows: np.ndarray) -> torch.Tensor:
         """uint8 [T, N·(K+Q), C, H, W]: all support examples (class by class), then all queries.
