@@ -45,6 +45,15 @@ COMMON = ["train.eval_every=0", "train.final_eval_episodes=600", "tracking.enabl
 ROWS: dict[str, dict] = {
     "maml-5way": {"target": 0.97, "sets": ["algorithm.name=maml", "train.steps=600"]},
     "fomaml-5way": {"sets": ["algorithm.name=fomaml", "train.steps=600"]},
+    "anil-5way": {"sets": ["algorithm.name=anil", "train.steps=600"]},
+    "metasgd-5way": {"sets": ["algorithm.name=metasgd", "train.steps=600"]},
+    # Reptile's Omniglot recipe (jobs/omniglot-5way-1shot-reptile.yaml); model averaging is the same inner loop with
+    # the outer step fixed at 1 (the initialisation becomes the average of the task-trained copies).
+    "reptile-5way": {"sets": ["algorithm.name=reptile", "algorithm.inner_lr=0.1", "algorithm.inner_steps=5", "algorithm.eval_inner_steps=50",
+                              "optimizer.name=sgd", "optimizer.lr=1.0", "optimizer.schedule=cosine", "optimizer.clip_norm=null",
+                              "train.meta_batch=5", "train.steps=5000"]},
+    "model-averaging-5way": {"sets": ["algorithm.name=model_averaging", "algorithm.inner_lr=0.1", "algorithm.inner_steps=5",
+                                      "algorithm.eval_inner_steps=50", "train.meta_batch=5", "train.steps=5000"]},
     "protonet-5way": {"target": 0.97, "sets": ["algorithm.name=protonet", "model.downsample=maxpool", "data.episode.ways=20", "data.episode.shift=2",
                                               "train.meta_batch=2", "train.steps=3000", "data.episode.reflections=true"]},
     "matching-5way": {"sets": ["algorithm.name=matching", "data.episode.ways=20", "train.meta_batch=4", "train.steps=1000"]},
