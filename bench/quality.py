@@ -7,11 +7,14 @@ Run (each row in a fresh process, one after the other; wall time is the sum of t
     .venv/bin/python bench/quality.py protonet-5way maml-5way --threads 2
     python bench/quality.py --parallel protonet-5way-long protonet-20way-long protonet-5way-wide protonet-20way-wide  # on a GPU, side by side
     python bench/quality.py protonet-5way-long --set model.hidden=128                       # a variant, kept beside its row
+    .venv/bin/python bench/quality.py time-to-accuracy time-to-accuracy-learn2learn   # 10 minutes each, quiet machine
 
 A row is a job: the embedded default (metadist.config.JobConfig) plus the overrides listed in ROWS, trained with
 `metadist.training.LocalTrainer` for its fixed number of steps (so its result does not depend on how busy the
 machine is; only its wall time does). The time-to-accuracy row trains for a wall-clock budget instead (default
 600 s), with evaluation during training switched off so all of the budget is training: run it on a quiet machine.
+Beside it, time-to-accuracy-learn2learn trains learn2learn's FOMAML for the same budget and threads
+(bench/_l2l_time_to_accuracy.py, under the learn2learn virtualenv: ../shared/peers/setup-learn2learn.sh).
 
 Output: a table on stdout, bench/results/quality.json (merged by row name), and the section
 "## Learning layer: quality (development protocol)" of docs/benchmarks.md (only that section is replaced).
@@ -87,6 +90,11 @@ ROWS: dict[str, dict] = {
                                                                       "data.episode.ways=10", "data.episode.shift=2",
                                                                       "optimizer.schedule=cosine", "train.meta_batch=2",
                                                                       "train.steps=2900"]},
+    # The issue's peer under the same budget and thread count: learn2learn 0.2.0's FOMAML, its Omniglot example's
+    # settings (bench/_l2l_time_to_accuracy.py), under the learn2learn virtualenv (--l2l-python).
+    "time-to-accuracy-learn2learn": {"peer": "learn2learn", "budget_only": True, "sets": [
+        "learn2learn FOMAML (examples/vision/maml_omniglot.py): OmniglotCNN, 5-way 1-shot, 1 query, 32 tasks/step, "
+        "1 inner step at 0.5, Adam 0.003; tested with 1 step, 5 queries per class"]},
 }
 
 
@@ -127,7 +135,41 @@ def result_device(job) -> str:
     return resolve_device(job.train.device).type
 
 
-def row_in_subprocess(name: str, budget_s: float, threads: int, extra: list[str]) -> dict:
+def peer_row(name: str, budget_s: float, threads: int, l2l_python: str | None) -> dict:
+    """The learn2learn row: its script under its own interpreter, on small1's images and small2's new alphabets."""
+    import zipfile
+
+    from metadist.data import SMALL2_NEW_ALPHABETS
+    from metadist.data.bundled import BUNDLED_ZIPS, bundled_file
+    from train_speed import resolve_l2l_python
+
+    python = resolve_l2l_python(l2l_python)
+    if python is None:
+        raise SystemExit(f"row {name} needs the learn2learn virtualenv (see above)")
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        for zip_name in ("omniglot-small1", "omniglot-small2"):
+            with zipfile.ZipFile(bundled_file(BUNDLED_ZIPS[zip_name])) as archive:
+                archive.extractall(tmp)
+        test = Path(tmp, "test")  # only the new alphabets: load_omniglot reads <root>/<alphabet>/<character>
+        test.mkdir()
+        for alphabet in SMALL2_NEW_ALPHABETS:
+            Path(tmp, "images_background_small2", alphabet).rename(test / alphabet)
+        cmd = [python, str(BENCH_DIR / "_l2l_time_to_accuracy.py"), "--train", str(Path(tmp, "images_background_small1")),
+               "--test", str(test), "--budget-s", str(budget_s), "--threads", str(threads)]
+        proc = subprocess.run(cmd, cwd=BENCH_DIR, stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"row {name} failed (exit {proc.returncode})")
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**r, "row": name, "overrides": ROWS[name]["sets"], "stopped_by_time_budget": True, "date": dt.date.today().isoformat(),
+            "device": f"cpu ({os.cpu_count()} cores)", "load_average_before_after": [load_before, os.getloadavg()[0]]}
+
+
+def row_in_subprocess(name: str, budget_s: float, threads: int, extra: list[str], l2l_python: str | None = None) -> dict:
+    if ROWS[name].get("peer"):
+        if extra:
+            raise SystemExit(f"row {name} is learn2learn's: --set does not apply to it")
+        return peer_row(name, budget_s, threads, l2l_python)
     cmd = [sys.executable, str(Path(__file__)), "--one", name, "--budget-s", str(budget_s), "--threads", str(threads)]
     cmd += [f"--set={item}" for item in extra]
     proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
@@ -183,6 +225,9 @@ def main() -> None:
                         help="an extra override on every row run; the result is kept beside the row's as 'ROW + KEY=VALUE'")
     parser.add_argument("--parallel", action="store_true",
                         help="run the rows at the same time, one process each (on a GPU; wall times then overlap)")
+    parser.add_argument("--l2l-python", default=os.environ.get("L2L_PYTHON", "/tmp/l2l-venv/bin/python"),
+                        help="learn2learn's interpreter, for the row time-to-accuracy-learn2learn (default $L2L_PYTHON "
+                        "or /tmp/l2l-venv/bin/python; build it with ../shared/peers/setup-learn2learn.sh)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -195,9 +240,9 @@ def main() -> None:
     names = args.rows or list(ROWS)
     if args.parallel:
         with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
-            done = dict(zip(names, pool.map(lambda n: row_in_subprocess(n, args.budget_s, args.threads, args.extra), names)))
+            done = dict(zip(names, pool.map(lambda n: row_in_subprocess(n, args.budget_s, args.threads, args.extra, args.l2l_python), names)))
     for name in names:
-        r = done[name] if args.parallel else row_in_subprocess(name, args.budget_s, args.threads, args.extra)
+        r = done[name] if args.parallel else row_in_subprocess(name, args.budget_s, args.threads, args.extra, args.l2l_python)
         results[variant(name, args.extra)] = r
         print(variant(name, args.extra), *describe(r)[:2], f"{r['steps']} steps, {r['train_time_s']:.0f} s", flush=True)
         RESULTS_PATH.parent.mkdir(exist_ok=True)
