@@ -60,7 +60,9 @@ def load_omniglot(root: Path, torch):
     return images, labels
 
 
-def build_taskset(images, labels, args, torch, l2l):
+def in_memory_dataset(images, labels, torch, l2l):
+    """learn2learn's MetaDataset over the images load_omniglot returns (shared by the learn2learn-side scripts)."""
+
     class InMemoryOmniglot(torch.utils.data.Dataset):
         def __len__(self):
             return len(images)
@@ -68,7 +70,11 @@ def build_taskset(images, labels, args, torch, l2l):
         def __getitem__(self, index):
             return images[index], labels[index]
 
-    dataset = l2l.data.MetaDataset(InMemoryOmniglot())
+    return l2l.data.MetaDataset(InMemoryOmniglot())
+
+
+def build_taskset(images, labels, args, torch, l2l):
+    dataset = in_memory_dataset(images, labels, torch, l2l)
     transforms = [
         l2l.data.transforms.NWays(dataset, n=args.ways),
         l2l.data.transforms.KShots(dataset, k=args.shots + args.queries),

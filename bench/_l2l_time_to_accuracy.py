@@ -23,7 +23,7 @@ import time
 import warnings
 from pathlib import Path
 
-from _l2l_sampler import ROTATION_DEGREES, load_omniglot
+from _l2l_sampler import ROTATION_DEGREES, in_memory_dataset, load_omniglot
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,14 +43,7 @@ META_BATCH, FAST_LR, META_LR, ADAPTATION_STEPS = 32, 0.5, 0.003, 1
 
 
 def taskset(images, labels, queries, rotations, torch, l2l):
-    class InMemory(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(images)
-
-        def __getitem__(self, index):
-            return images[index], labels[index]
-
-    dataset = l2l.data.MetaDataset(InMemory())
+    dataset = in_memory_dataset(images, labels, torch, l2l)
     transforms = [
         l2l.data.transforms.FusedNWaysKShots(dataset, n=WAYS, k=SHOTS + queries),
         l2l.data.transforms.LoadData(dataset),

@@ -23,7 +23,7 @@ import time
 import warnings
 from pathlib import Path
 
-from _l2l_sampler import ROTATION_DEGREES, load_omniglot
+from _l2l_sampler import ROTATION_DEGREES, in_memory_dataset, load_omniglot
 from train_speed import META_BATCH, serve
 
 
@@ -44,14 +44,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def build_taskset(images, labels, args, torch, l2l):
-    class InMemoryOmniglot(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(images)
-
-        def __getitem__(self, index):
-            return images[index], labels[index]
-
-    dataset = l2l.data.MetaDataset(InMemoryOmniglot())
+    dataset = in_memory_dataset(images, labels, torch, l2l)
     transforms = [
         l2l.data.transforms.FusedNWaysKShots(dataset, n=args.ways, k=args.shots + args.queries),
         l2l.data.transforms.LoadData(dataset),
