@@ -41,10 +41,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from _bundled import extract_bundled
 from _docs import replace_section
 from typing import Callable
 
@@ -231,15 +231,6 @@ def small1_uri() -> str:
     from metadist.data import resolve_uri
 
     return resolve_uri("bundled://omniglot-small1", progress=False)
-
-
-def extract_small1(into: Path) -> Path:
-    """The bundled small1 zip (the images metadist's shard set was imported from), extracted for learn2learn."""
-    from metadist.data.bundled import BUNDLED_ZIPS, bundled_file
-
-    with zipfile.ZipFile(bundled_file(BUNDLED_ZIPS["omniglot-small1"])) as archive:
-        archive.extractall(into)
-    return into / "images_background_small1"
 
 
 def write_scaled_set(source_uri: str, factor: int, out: Path) -> str:
@@ -581,7 +572,7 @@ def main() -> None:
     l2l_python = resolve_l2l_python(args.l2l_python)
     uri = small1_uri()
     with tempfile.TemporaryDirectory(prefix="metadist-bench-") as tmp:
-        images = extract_small1(Path(tmp)) if l2l_python else None
+        images = extract_bundled("omniglot-small1", Path(tmp)) if l2l_python else None
         print(f"episodes per second, median (range) of {args.processes} fresh processes:", file=sys.stderr)
         speed = [speed_row(episodes, uri, images, l2l_python, args) for episodes in CONFIGS]
         print("10× shard set:", file=sys.stderr)

@@ -45,6 +45,11 @@ COMMON = ["train.eval_every=0", "train.final_eval_episodes=600", "tracking.enabl
 # ProtoNet and Matching Networks train with more ways than they are tested on (Snell et al. use 60-way);
 # 20-way keeps a step cheap on 2 cores. Rotated classes augment training as in the papers; ProtoNet rows use the
 # paper's max-pooling conv-4 and mirrored classes, as jobs/omniglot-*-protonet.yaml do.
+_PROTONET_5WAY_LONG = ["algorithm.name=protonet", "model.downsample=maxpool", "data.episode.ways=20", "data.episode.shift=2",
+                       "data.episode.reflections=true", "optimizer.schedule=cosine", "train.meta_batch=2", "train.steps=8000"]
+_PROTONET_20WAY_LONG = ["algorithm.name=protonet", "model.downsample=maxpool", "data.episode.ways=30", "data.episode.shift=2",
+                        "data.episode.reflections=true", "data.test_episode.ways=20", "optimizer.schedule=cosine",
+                        "train.meta_batch=2", "train.steps=8000"]
 ROWS: dict[str, dict] = {
     "maml-5way": {"target": 0.97, "sets": ["algorithm.name=maml", "train.steps=600"]},
     "fomaml-5way": {"sets": ["algorithm.name=fomaml", "train.steps=600"]},
@@ -66,19 +71,10 @@ ROWS: dict[str, dict] = {
     # The same two on a GPU, where thousands of steps take minutes: longer, with the cosine schedule, and with mirror
     # images as new classes (data.episode.reflections: 1,088 training classes instead of 544), which is what lifts
     # the long runs (20-way: 88.5% → 90.4%); the -wide rows use 128 filters.
-    "protonet-5way-long": {"target": 0.97, "sets": ["algorithm.name=protonet", "model.downsample=maxpool", "data.episode.ways=20",
-                                                   "data.episode.shift=2", "data.episode.reflections=true",
-                                                   "optimizer.schedule=cosine", "train.meta_batch=2", "train.steps=8000"]},
-    "protonet-20way-long": {"target": 0.90, "sets": ["algorithm.name=protonet", "model.downsample=maxpool", "data.episode.ways=30",
-                                                    "data.episode.shift=2", "data.episode.reflections=true", "data.test_episode.ways=20",
-                                                    "optimizer.schedule=cosine", "train.meta_batch=2", "train.steps=8000"]},
-    "protonet-5way-wide": {"target": 0.97, "sets": ["algorithm.name=protonet", "model.downsample=maxpool", "model.hidden=128",
-                                                   "data.episode.ways=20", "data.episode.shift=2", "data.episode.reflections=true",
-                                                   "optimizer.schedule=cosine", "train.meta_batch=2", "train.steps=8000"]},
-    "protonet-20way-wide": {"target": 0.90, "sets": ["algorithm.name=protonet", "model.downsample=maxpool", "model.hidden=128",
-                                                    "data.episode.ways=30", "data.episode.shift=2", "data.episode.reflections=true",
-                                                    "data.test_episode.ways=20", "optimizer.schedule=cosine", "train.meta_batch=2",
-                                                    "train.steps=8000"]},
+    "protonet-5way-long": {"target": 0.97, "sets": _PROTONET_5WAY_LONG},
+    "protonet-20way-long": {"target": 0.90, "sets": _PROTONET_20WAY_LONG},
+    "protonet-5way-wide": {"target": 0.97, "sets": _PROTONET_5WAY_LONG + ["model.hidden=128"]},
+    "protonet-20way-wide": {"target": 0.90, "sets": _PROTONET_20WAY_LONG + ["model.hidden=128"]},
     "sinusoid-maml": {"target_mse": 0.4, "sets": ["data.regression={family: sinusoid, shots: 5, queries: 10}", "data.train=null",
                                                   "data.test=null", "model.name=mlp", "algorithm.inner_lr=0.01",
                                                   "algorithm.eval_inner_steps=10", "train.meta_batch=25", "train.steps=20000"]},
@@ -137,10 +133,8 @@ def result_device(job) -> str:
 
 def peer_row(name: str, budget_s: float, threads: int, l2l_python: str | None) -> dict:
     """The learn2learn row: its script under its own interpreter, on small1's images and small2's new alphabets."""
-    import zipfile
-
+    from _bundled import extract_bundled
     from metadist.data import SMALL2_NEW_ALPHABETS
-    from metadist.data.bundled import BUNDLED_ZIPS, bundled_file
     from train_speed import resolve_l2l_python
 
     python = resolve_l2l_python(l2l_python)
@@ -148,14 +142,12 @@ def peer_row(name: str, budget_s: float, threads: int, l2l_python: str | None) -
         raise SystemExit(f"row {name} needs the learn2learn virtualenv (see above)")
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        for zip_name in ("omniglot-small1", "omniglot-small2"):
-            with zipfile.ZipFile(bundled_file(BUNDLED_ZIPS[zip_name])) as archive:
-                archive.extractall(tmp)
+        train, small2 = extract_bundled("omniglot-small1", Path(tmp)), extract_bundled("omniglot-small2", Path(tmp))
         test = Path(tmp, "test")  # only the new alphabets: load_omniglot reads <root>/<alphabet>/<character>
         test.mkdir()
         for alphabet in SMALL2_NEW_ALPHABETS:
-            Path(tmp, "images_background_small2", alphabet).rename(test / alphabet)
-        cmd = [python, str(BENCH_DIR / "_l2l_time_to_accuracy.py"), "--train", str(Path(tmp, "images_background_small1")),
+            (small2 / alphabet).rename(test / alphabet)
+        cmd = [python, str(BENCH_DIR / "_l2l_time_to_accuracy.py"), "--train", str(train),
                "--test", str(test), "--budget-s", str(budget_s), "--threads", str(threads)]
         proc = subprocess.run(cmd, cwd=BENCH_DIR, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:

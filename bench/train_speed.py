@@ -46,10 +46,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from _bundled import extract_bundled
 from _docs import replace_section
 from typing import Callable
 
@@ -339,15 +339,6 @@ def small1_uri() -> str:
     return ensure_bundled("omniglot-small1", progress=False)
 
 
-def extract_small1(into: Path) -> Path:
-    """The bundled small1 zip (the images metadist's shard set was imported from), extracted for learn2learn."""
-    from metadist.data.bundled import BUNDLED_ZIPS, bundled_file
-
-    with zipfile.ZipFile(bundled_file(BUNDLED_ZIPS["omniglot-small1"])) as archive:
-        archive.extractall(into)
-    return into / "images_background_small1"
-
-
 def resolve_l2l_python(path: str) -> str | None:
     if os.access(path, os.X_OK):
         return path
@@ -632,7 +623,7 @@ def main() -> None:
     uri = small1_uri()
     configs = CONFIGS if not args.only else [c for c in CONFIGS if c.name in {n.strip() for n in args.only.split(";")}]
     with tempfile.TemporaryDirectory(prefix="metadist-bench-") as tmp:
-        images = extract_small1(Path(tmp)) if l2l_python else None
+        images = extract_bundled("omniglot-small1", Path(tmp)) if l2l_python else None
         print(f"tasks per second, median of {args.rounds} interleaved rounds of ≥ {args.seconds:g} s:", file=sys.stderr)
         rows = [measure(config, uri, images, l2l_python, args) for config in configs]
     report = {
