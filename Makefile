@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.metadist-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-gpu bench-data bench-train bench-quality clean
+.PHONY: setup demo test lint test-gpu bench-data bench-train bench-quality clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Lint and import order (ruff) and types (mypy) of metadist/; CI runs this before the tests.
+lint: $(STAMP)
+	$(BIN)/ruff check metadist
+	$(BIN)/mypy
 
 # On a machine with a CUDA GPU (and a CUDA build of torch: TORCH=torch): the CUDA checks of tests/test_gpu.py.
 test-gpu: $(STAMP)

@@ -47,7 +47,7 @@ THREADS = 1
 
 
 def job_for(workers: int, steps: int, window: int, checkpoints: str):
-    from metadist.cli.train import apply_overrides
+    from metadist.config import apply_overrides
     from metadist.config import JobConfig
 
     return apply_overrides(JobConfig(), [

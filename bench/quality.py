@@ -103,7 +103,7 @@ def run_row(name: str, budget_s: float, threads: int, extra: list[str]) -> dict:
     """In this process: train the row's job and return its figures."""
     import torch
 
-    from metadist.cli.train import apply_overrides
+    from metadist.config import apply_overrides
     from metadist.config import JobConfig
     from metadist.training import LocalTrainer
 
@@ -126,7 +126,7 @@ def run_row(name: str, budget_s: float, threads: int, extra: list[str]) -> dict:
 
 
 def result_device(job) -> str:
-    from metadist.training.tasks import resolve_device
+    from metadist.core import resolve_device
 
     return resolve_device(job.train.device).type
 

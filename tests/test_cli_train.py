@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from metadist.cli import main
-from metadist.training import checkpoint as ckpt_io
+from metadist.core import checkpoint as ckpt_io
 from tests.synthetic import drawing
 
 

@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from metadist.training import LocalTrainer
-from metadist.training import checkpoint as ckpt_io
+from metadist.core import checkpoint as ckpt_io
 from tests.conftest import missing_tool
 from tests.test_training import tiny_job
 
@@ -52,7 +52,7 @@ def _auth_env() -> dict[str, str]:
 def test_slices_cover_the_meta_batch_and_the_staleness_policies():
     from metadist.distributed import slice_bounds
     from metadist.distributed.parameter_server import AppliedSteps
-    from metadist.distributed.trainer import staleness_weight
+    from metadist.distributed.async_steps import staleness_weight
 
     assert slice_bounds(32, 3) == [(0, 10), (10, 21), (21, 32)]
     assert slice_bounds(4, 4) == [(0, 1), (1, 2), (2, 3), (3, 4)]
@@ -66,7 +66,7 @@ def test_slices_cover_the_meta_batch_and_the_staleness_policies():
 
 def test_workers_and_address_flags_and_distributed_settings_are_validated(capsys):
     from metadist.cli import main
-    from metadist.cli.train import apply_overrides
+    from metadist.config import apply_overrides
     from metadist.config import JobConfig
     from metadist.errors import ConfigError
 
@@ -75,7 +75,7 @@ def test_workers_and_address_flags_and_distributed_settings_are_validated(capsys
     assert printed["workers"] == 3 and printed["address"] == "127.0.0.1:6379" and printed["mode"] == "sync"
     with pytest.raises(ConfigError, match=r"distributed.slices = 5 .* exceeds train.meta_batch = 4"):
         apply_overrides(JobConfig(), ["train.meta_batch=4", "distributed.workers=5"])
-    with pytest.raises(ConfigError, match="mode must be one of"):
+    with pytest.raises(ConfigError, match="distributed.mode: Input should be 'sync' or 'async'"):
         apply_overrides(JobConfig(), ["distributed.mode=hogwild"])
     with pytest.raises(ConfigError, match="min_workers = 3 exceeds workers = 2"):
         apply_overrides(JobConfig(), ["distributed.workers=2", "distributed.min_workers=3"])
@@ -174,7 +174,7 @@ def test_killed_workers_cost_only_their_tasks_and_no_step_is_applied_twice(undis
 
     trainer = DistributedTrainer(undisturbed["job"].model_copy(update={"checkpoint": undisturbed["job"].checkpoint.model_copy(
         update={"uri": str(tmp_path / "ckpt")})}), progress=False)
-    compute = trainer._compute_slices
+    compute = trainer.source.schedule.compute_slices
     killed = []
 
     def chaos(step, bounds, with_before):
@@ -184,7 +184,7 @@ def test_killed_workers_cost_only_their_tasks_and_no_step_is_applied_twice(undis
             killed.append(victim.worker_id)
         return compute(step, bounds, with_before)
 
-    monkeypatch.setattr(trainer, "_compute_slices", chaos)
+    monkeypatch.setattr(trainer.source.schedule, "compute_slices", chaos)
     result = trainer.run()
     assert len(killed) == 4 and trainer.worker_restarts == 4
     assert result.steps == result.applied_steps == 8  # the server counts every apply: none twice, none lost
@@ -199,14 +199,14 @@ def test_killed_parameter_server_resumes_from_its_checkpoint_to_the_same_paramet
 
     job = undisturbed["job"].model_copy(update={"checkpoint": undisturbed["job"].checkpoint.model_copy(update={"uri": str(tmp_path / "ckpt")})})
     trainer = DistributedTrainer(job, progress=False)
-    apply = trainer._apply
+    apply = trainer.source.server.apply
 
     def kill_server_at_step_5(step, weight, update_refs):
         if step == 5:
-            ray.kill(trainer.server)
+            ray.kill(trainer.source.server.actor)
         return apply(step, weight, update_refs)
 
-    monkeypatch.setattr(trainer, "_apply", kill_server_at_step_5)
+    monkeypatch.setattr(trainer.source.server, "apply", kill_server_at_step_5)
     with pytest.raises(ParameterServerLost, match="--resume"):
         trainer.run()
     assert [s for s, _ in ckpt_io.list_checkpoints(job.checkpoint.uri)] == [3]
@@ -327,7 +327,7 @@ def _elastic(tmp: Path, small1_uri: str, small2_uri: str) -> dict:
     from ray.cluster_utils import Cluster
 
     from metadist.distributed import DistributedTrainer
-    from metadist.distributed.cluster import loopback_only
+    from metadist.distributed.ray_internals import loopback_only
 
     loopback_only()
     fast_failure_detection = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
@@ -339,7 +339,7 @@ def _elastic(tmp: Path, small1_uri: str, small2_uri: str) -> dict:
     job = tiny_job(small1_uri, small2_uri, tmp / "elastic", *ELASTIC, f"distributed.address={cluster.address}")
     trainer = DistributedTrainer(job, progress=False)
     assert trainer.connection.auth_mode == "token" and not trainer.connection.started_here
-    compute = trainer._compute_slices
+    compute = trainer.source.schedule.compute_slices
     nodes = []
 
     def grow_then_shrink(step, bounds, with_before):
@@ -352,7 +352,7 @@ def _elastic(tmp: Path, small1_uri: str, small2_uri: str) -> dict:
             cluster.remove_node(nodes.pop())
         return compute(step, bounds, with_before)
 
-    trainer._compute_slices = grow_then_shrink
+    trainer.source.schedule.compute_slices = grow_then_shrink
     run = trainer.run()
     ray.shutdown()
     cluster.shutdown()
@@ -386,8 +386,8 @@ def _autoscaling(tmp: Path, small1_uri: str, small2_uri: str) -> dict:
     from ray.cluster_utils import AutoscalingCluster
     from ray.util.state import list_actors, list_nodes
 
-    from metadist.distributed.cluster import loopback_only
-    from metadist.distributed.submission import JobServer, prepare_submission
+    from metadist.distributed.ray_internals import loopback_only
+    from metadist.submission import JobServer, prepare_submission
 
     class FakeMultinodeCluster(AutoscalingCluster):
         def _generate_config(self, head_resources, worker_node_types, autoscaler_v2=False, **config_kwargs):
@@ -440,8 +440,8 @@ def _autoscaling(tmp: Path, small1_uri: str, small2_uri: str) -> dict:
               "autoscaler_adds": sorted(set(re.findall(r"Adding \d+ node\(s\) of type [\w.]+\.", autoscaler)))}
     if report["status"] == "SUCCEEDED":  # the job's own record of its run: the history in its final checkpoint
         saved = ckpt_io.load(str(checkpoints))
-        report.update(workers=[h["workers"] for h in saved.trainer["history"] if "workers" in h], steps=saved.step,
-                      applied_steps=saved.trainer["applied_steps"])
+        report.update(workers=[h["workers"] for h in saved.loop.history if "workers" in h], steps=saved.step,
+                      applied_steps=saved.applied_steps)
     return report
 
 

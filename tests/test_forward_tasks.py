@@ -4,7 +4,7 @@ from metadist.algorithms import LEARNERS
 from metadist.config import EpisodeConfig
 from metadist.data import EpisodeSampler, ShardSet, ensure_bundled
 from metadist.models import Conv4
-from metadist.models.conv4 import _BatchNorm, _GroupedConv2d
+from metadist.models.twice_differentiable import BatchNorm, GroupedConv2d
 
 
 @pytest.fixture(autouse=True)
@@ -14,9 +14,9 @@ def _float64():
 
 def test_task_batched_ops_are_twice_differentiable():
     x, w, b = (torch.randn(2, 6, 5, 5, requires_grad=True), torch.rand(6, requires_grad=True), torch.randn(6, requires_grad=True))
-    assert torch.autograd.gradgradcheck(lambda x, w, b: _BatchNorm.apply(x, w, b, 1e-5), (x, w, b))
+    assert torch.autograd.gradgradcheck(lambda x, w, b: BatchNorm.apply(x, w, b, 1e-5), (x, w, b))
     cw, cb = torch.randn(8, 3, 3, 3, requires_grad=True), torch.randn(8, requires_grad=True)
-    assert torch.autograd.gradgradcheck(lambda x, w, b: _GroupedConv2d.apply(x, w, b, (2, 2), (1, 1), 2), (x, cw, cb))
+    assert torch.autograd.gradgradcheck(lambda x, w, b: GroupedConv2d.apply(x, w, b, (2, 2), (1, 1), 2), (x, cw, cb))
 
 
 @pytest.mark.parametrize("name", ["maml", "fomaml", "anil", "metasgd"])

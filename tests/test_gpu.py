@@ -17,7 +17,7 @@ from metadist.algorithms import LEARNERS, METRIC_LEARNERS
 from metadist.config import EpisodeConfig
 from metadist.data import EpisodeSampler, ShardSet
 from metadist.models import Conv4
-from metadist.models.conv4 import _BatchNorm, _GroupedConv2d
+from metadist.models.twice_differentiable import BatchNorm, GroupedConv2d
 
 pytestmark = [
     pytest.mark.gpu,
@@ -28,9 +28,9 @@ pytestmark = [
 def test_task_batched_ops_are_twice_differentiable_on_cuda():
     cuda = dict(device="cuda", dtype=torch.float64, requires_grad=True)
     x, w, b = torch.randn(2, 6, 5, 5, **cuda), torch.rand(6, **cuda), torch.randn(6, **cuda)
-    assert torch.autograd.gradgradcheck(lambda x, w, b: _BatchNorm.apply(x, w, b, 1e-5), (x, w, b))
+    assert torch.autograd.gradgradcheck(lambda x, w, b: BatchNorm.apply(x, w, b, 1e-5), (x, w, b))
     cw, cb = torch.randn(8, 3, 3, 3, **cuda), torch.randn(8, **cuda)
-    assert torch.autograd.gradgradcheck(lambda x, w, b: _GroupedConv2d.apply(x, w, b, (2, 2), (1, 1), 2), (x, cw, cb))
+    assert torch.autograd.gradgradcheck(lambda x, w, b: GroupedConv2d.apply(x, w, b, (2, 2), (1, 1), 2), (x, cw, cb))
 
 
 @pytest.mark.parametrize("downsample", ["stride", "maxpool"])
@@ -52,7 +52,7 @@ def test_update_on_cuda_equals_the_cpu_update(small1_uri, name, downsample):
 
 @pytest.mark.parametrize("name", ["maml", "protonet"])
 def test_local_trainer_trains_on_cuda(tmp_path, small1_uri, small2_uri, name):
-    from metadist.cli.train import apply_overrides
+    from metadist.config import apply_overrides
     from metadist.config import JobConfig
     from metadist.training import LocalTrainer
 

@@ -33,7 +33,7 @@ import yaml
 from referencing import Registry, Resource
 
 from metadist.cli import train as train_cli
-from metadist.cli.train import apply_overrides
+from metadist.config import apply_overrides
 from metadist.config import load_job
 from tests.conftest import missing_tool
 

@@ -57,7 +57,21 @@ def test_state_round_trip_resumes_exactly():
     for _ in range(3):
         a.apply(update)
     b = MetaOptimizer(params(), OptimizerConfig(), total_steps=10)
-    b.load_state_dict(a.state_dict())
+    b.load_state(a.state())
+    a.apply(update)
+    b.apply(update)
+    for k in a.params:
+        assert torch.equal(a.meta_params()[k], b.meta_params()[k])
+
+
+def test_a_fixed_step_optimizer_has_no_state_to_save_and_resumes_all_the_same():
+    update = Update("delta", {"w": torch.tensor([0.3, -0.2, 0.1]), "b": torch.ones(1)}, num_tasks=2)
+    a = MetaOptimizer(params(), OptimizerConfig(), total_steps=10, fixed_lr=1.0)
+    a.apply(update)
+    state = a.state()
+    assert state.optimizer is None and state.step_count == 1 and state.next_step == 1
+    b = MetaOptimizer(params(), OptimizerConfig(), total_steps=10, fixed_lr=1.0)
+    b.load_state(state)
     a.apply(update)
     b.apply(update)
     for k in a.params:

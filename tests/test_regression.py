@@ -37,5 +37,14 @@ def test_regression_episodes_are_deterministic_per_task():
 
 
 def test_regression_config_rejects_unknown_family():
-    with pytest.raises(ValueError, match="family must be one of"):
+    with pytest.raises(ValueError, match="Input should be 'sinusoid' or 'linear'"):
         RegressionConfig(family="quadratic")
+
+
+def test_every_configurable_family_is_implemented():
+    from typing import get_args
+
+    from metadist.config.job import RegressionFamily
+    from metadist.data.regression import FAMILIES
+
+    assert set(get_args(RegressionFamily)) == set(FAMILIES)

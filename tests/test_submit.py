@@ -215,7 +215,7 @@ def test_distributed_job_joins_the_cluster_and_is_followed_by_job_logs(cluster, 
 @pytest.mark.cluster
 @pytest.mark.slow
 def test_ctrl_c_leaves_the_job_running_and_job_stop_stops_it(cluster, workdir, tmp_path, capsys):
-    from metadist.distributed.submission import JobServer
+    from metadist.submission import JobServer
 
     submission_id = _job_id("long")
     command = [str(BIN / "metadist"), "submit", "job.yaml", "--address", cluster.url, "--submission-id", submission_id,
@@ -250,7 +250,7 @@ def test_ctrl_c_leaves_the_job_running_and_job_stop_stops_it(cluster, workdir, t
     assert main(["job", "status", submission_id, "--address", cluster.url]) == 0
     assert capsys.readouterr().out.startswith(f"{submission_id}: STOPPED")
     assert main(["job", "logs", submission_id, "--address", cluster.url]) == 0
-    assert "INFO metadist.training.trainer: step 1/1000000" in capsys.readouterr().out
+    assert "INFO metadist.training: step 1/1000000" in capsys.readouterr().out
     assert main(["job", "status", "no-such-job", "--address", cluster.url]) == 2
     assert "no such job" in capsys.readouterr().err
 
@@ -271,7 +271,7 @@ def test_a_wrong_or_missing_token_is_refused_with_a_clear_error(cluster, workdir
 @pytest.mark.cluster
 @pytest.mark.slow
 def test_a_standard_job_file_runs_unchanged_under_plain_ray_job_submit(cluster, tmp_path, small1_uri, small2_uri):
-    from metadist.distributed.submission import JobServer
+    from metadist.submission import JobServer
 
     # `ray job submit --working-dir .` from a folder holding jobs/, as a user would from the repository.
     shutil.copytree(REPO / "jobs", tmp_path / "jobs")
@@ -344,7 +344,7 @@ def test_an_unreachable_job_server_is_a_clear_error_and_results_left_in_the_job_
 
 def test_the_submission_names_the_job_relative_to_the_working_dir_and_forwards_the_tracking_uri(tmp_path, monkeypatch):
     from metadist.config import load_job
-    from metadist.distributed.submission import WORKING_DIR_EXCLUDES, prepare_submission
+    from metadist.submission import WORKING_DIR_EXCLUDES, prepare_submission
 
     (tmp_path / "jobs").mkdir()
     (tmp_path / "jobs" / "my job.yaml").write_text("name: my job\ncheckpoint: {uri: s3://bucket/ckpt}\n")

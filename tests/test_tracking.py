@@ -20,7 +20,7 @@ import yaml
 import metadist
 from metadist.config import JobConfig, TaskSourceConfig, TrackingConfig
 from metadist.tracking import MlflowTracker, NullTracker, TrackingError, open_tracker, resolve_tracking_uri
-from metadist.tracking.mlflow_tracker import REDACTED, redact_job
+from metadist.tracking.redaction import REDACTED, redact_job
 from metadist.tracking.plots import save_learning_curve
 from tests.mlflow_server import free_port, mlflow_server  # noqa: F401  (pytest fixture)
 
@@ -228,8 +228,8 @@ def _tiny_checkpoint(directory: Path) -> str:
     pytest.importorskip("metadist.inference", reason="inference not yet available")
     from metadist.config import AlgorithmConfig, ModelConfig
     from metadist.data.images import ImagePreprocessing
-    from metadist.training import checkpoint as ckpt_io
-    from metadist.training.tasks import ModelSpec, build
+    from metadist.core import checkpoint as ckpt_io
+    from metadist.core import ModelSpec, build
 
     job = JobConfig(algorithm=AlgorithmConfig(name="protonet"), model=ModelConfig(hidden=4))
     spec = ModelSpec("classification", (1, 28, 28), None, ImagePreprocessing(mode="L", size=(28, 28)).to_dict())

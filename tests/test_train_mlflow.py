@@ -72,7 +72,7 @@ def test_a_failing_run_is_marked_failed_and_keeps_its_checkpoints(tracked_job, m
         trainer.run()
     client = MlflowClient(job.tracking.uri)
     assert client.get_run(trainer.run_id).info.status == "FAILED"
-    from metadist.training import checkpoint as ckpt_io
+    from metadist.core import checkpoint as ckpt_io
 
     assert [s for s, _ in ckpt_io.list_checkpoints(job.checkpoint.uri)] == [3]
     resumed = LocalTrainer(job, resume=True, progress=False)

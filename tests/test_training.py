@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from metadist.cli.train import apply_overrides
+from metadist.config import apply_overrides
 from metadist.config import JobConfig
 from metadist.errors import CheckpointError, ConfigError
 from metadist.training import LocalTrainer
-from metadist.training import checkpoint as ckpt_io
+from metadist.core import checkpoint as ckpt_io
 from metadist.training.evaluation import Z95, estimate
 
 
@@ -42,7 +42,7 @@ def test_checkpoint_round_trip_through_memory_filesystem(small1_uri, small2_uri,
     assert saved.step == 6 and saved.job == job
     uri = ckpt_io.save(saved, "memory://ckpt-test/run")
     again = ckpt_io.load(uri)
-    assert again.job == job and again.step == 6 and again.trainer == saved.trainer
+    assert again.job == job and again.step == 6 and again.loop == saved.loop and again.applied_steps == saved.applied_steps
     assert again.model_spec == saved.model_spec
     for k, v in saved.meta_params.items():
         assert torch.equal(again.meta_params[k], v)
@@ -65,13 +65,13 @@ def test_resumed_run_ends_with_the_same_parameters_as_an_uninterrupted_one(small
     resumed = LocalTrainer(first, resume=True, progress=False)
     assert resumed.step == 1
     resumed.run()
-    a, b = straight.optimizer.state_dict(), resumed.optimizer.state_dict()
-    assert b["step_count"] == a["step_count"] == 6
-    for k in a["params"]:
-        assert torch.equal(a["params"][k], b["params"][k]), k
-    for i in a["optimizer"]["state"]:
+    a, b = straight.optimizer.state(), resumed.optimizer.state()
+    assert b.step_count == a.step_count == 6
+    for k in a.params:
+        assert torch.equal(a.params[k], b.params[k]), k
+    for i in a.optimizer["state"]:
         for key in ("exp_avg", "exp_avg_sq"):
-            assert torch.equal(a["optimizer"]["state"][i][key], b["optimizer"]["state"][i][key])
+            assert torch.equal(a.optimizer["state"][i][key], b.optimizer["state"][i][key])
 
 
 def test_resume_refuses_a_checkpoint_of_a_different_job(small1_uri, small2_uri, tmp_path):
@@ -188,7 +188,7 @@ def test_pool_and_tasks_per_pass_settings_reach_the_model_learner_and_checkpoint
     """`model.pool` shapes the head (and is rebuilt from the checkpoint); `algorithm.tasks_per_pass` only changes how
     many tasks are differentiated together, never the update (up to float rounding)."""
     from metadist.inference import FewShotClassifier
-    from metadist.training.tasks import build, make_sampler, model_spec
+    from metadist.core import build, make_sampler, model_spec
 
     updates = {}
     for per_pass in (1, 4):

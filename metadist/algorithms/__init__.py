@@ -1,4 +1,4 @@
-"""Meta-learning algorithms as pure functions of (meta-parameters, batch of episodes), built on torch.func.
+"""The meta-learning algorithms and the outer optimizer, as pure torch.func functions of (meta-parameters, batch of episodes).
 
 Each learner returns the update a worker would send (a summed query-loss gradient or Reptile delta, with
 metrics) and adapts/predicts for evaluation. No Ray, no I/O, no global state: the distributed workers call

@@ -13,4 +13,4 @@ class ANIL(MAML):
     name = "anil"
 
     def adapt_names(self) -> tuple[str, ...]:
-        return tuple(self.model.HEAD)
+        return tuple(self.model.HEAD)  # type: ignore[arg-type]  # the model class names its head parameters

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 import torch
-from torch.func import vmap
+from torch.func import grad_and_value, vmap
 
 from metadist.algorithms.functional import Forward, Params, accuracy, make_forward, task_loss
 
@@ -72,7 +72,7 @@ class MetaLearner(ABC):
         self.eval_inner_steps = eval_inner_steps
 
     @classmethod
-    def from_config(cls, config: "AlgorithmConfig", model: torch.nn.Module, kind: str, **settings) -> "MetaLearner":
+    def from_config(cls, config: "AlgorithmConfig", model: torch.nn.Module, kind: str, **settings) -> Self:
         """The learner the configuration describes; a learner with settings of its own adds them as `settings`."""
         return cls(
             model, kind, inner_lr=config.inner_lr, inner_steps=config.inner_steps, eval_inner_steps=config.eval_inner_steps,
@@ -118,16 +118,54 @@ class MetaLearner(ABC):
         with torch.no_grad():
             adapted = self.adapt(meta_params, batch.support_x, batch.support_y, steps)
             out = self.predict(meta_params, adapted, batch.query_x)
-        metrics = self._per_task_metrics(out, batch.query_y, "after")
+        metrics = self.per_task_metrics(out, batch.query_y, "after")
         if self.adapts_weights:
             with torch.no_grad():
                 before = vmap(self.forward, in_dims=(None, 0))(self.model_params(meta_params), batch.query_x)
-            metrics.update(self._per_task_metrics(before, batch.query_y, "before"))
+            metrics.update(self.per_task_metrics(before, batch.query_y, "before"))
         return metrics
 
-    def _per_task_metrics(self, out: torch.Tensor, y: torch.Tensor, when: str) -> dict[str, torch.Tensor]:
+    def before_adaptation_sums(self, meta_params: Params, batch) -> dict[str, float]:
+        """Query loss (and accuracy) of the meta-parameters themselves, no adaptation, summed over the batch's tasks:
+        the 'before' curve. Sums, like Update.metrics, so the figures of several workers' slices add up; {} for a
+        learner that adapts no weights."""
+        if not self.adapts_weights:
+            return {}
+        with torch.no_grad():
+            out = vmap(self.forward, in_dims=(None, 0))(self.model_params(meta_params), batch.query_x)
+            metrics = self.per_task_metrics(out, batch.query_y, "before")
+        return {k: float(v.sum()) for k, v in metrics.items()}
+
+    def per_task_metrics(self, out: torch.Tensor, y: torch.Tensor, when: str) -> dict[str, torch.Tensor]:
+        """Query loss (and accuracy, for classification) of each task's outputs [T, Q, ...]: 'loss_<when>' [T] ..."""
         losses = vmap(self.loss)(out, y)
         metrics = {f"loss_{when}": losses}
         if self.kind == "classification":
             metrics[f"accuracy_{when}"] = vmap(accuracy)(out, y)
         return metrics
+
+
+class MetricLearner(MetaLearner):
+    """A learner that classifies by comparing embeddings (ProtoNet, Matching, Siamese): no weights adapt, so there is
+    no inner loop and no before-adaptation score. A subclass states one task's loss and accuracy (`_task_loss`); the
+    update is its gradient, vmapped over the tasks and summed."""
+
+    adapts_weights = False
+
+    @staticmethod
+    def ways(support_y: torch.Tensor) -> int:
+        """N of an episode whose labels are 0..N-1."""
+        return int(support_y.max()) + 1
+
+    @abstractmethod
+    def _task_loss(self, meta_params: Params, sx, sy, qx, qy, ways: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One task's query loss and accuracy (scalars) from its support (sx, sy) and queries (qx, qy)."""
+
+    def compute_update(self, meta_params: Params, batch) -> Update:
+        ways = self.ways(batch.support_y)
+        step = grad_and_value(lambda p, sx, sy, qx, qy: self._task_loss(p, sx, sy, qx, qy, ways), has_aux=True)
+        grads, (losses, acc) = vmap(step, in_dims=(None, 0, 0, 0, 0))(
+            meta_params, batch.support_x, batch.support_y, batch.query_x, batch.query_y
+        )
+        metrics = {"loss_after": float(losses.sum()), "accuracy_after": float(acc.sum())}
+        return Update("gradient", {k: g.sum(0) for k, g in grads.items()}, len(losses), metrics)

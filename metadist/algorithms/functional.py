@@ -6,7 +6,7 @@ so torch.func can differentiate through them (grad) and map them over tasks (vma
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,21 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(-1) == labels).to(logits.dtype).mean()
 
 
+def inner_sgd(params: Params, *, steps: int, lr: float | Params, adapt_names: Iterable[str] | None,
+              gradient: Callable[[Params, Params], Params]) -> Params:
+    """The inner loop every weight-adapting learner runs: `steps` SGD steps on the parameters named in adapt_names
+    (all when None; ANIL: the head), the others held fixed. `gradient(fixed, fast)` is the support-loss gradient
+    with respect to `fast`; `lr` is a float or a per-parameter dict (Meta-SGD's learned rates)."""
+    wanted = set(params) if adapt_names is None else set(adapt_names)
+    names = [n for n in params if n in wanted]
+    fixed = {n: p for n, p in params.items() if n not in wanted}
+    fast = {n: params[n] for n in names}
+    for _ in range(steps):
+        grads = gradient(fixed, fast)
+        fast = {n: fast[n] - (lr[n] if isinstance(lr, dict) else lr) * grads[n] for n in names}
+    return {**fixed, **fast}
+
+
 def sgd_adapt(
     forward: Forward,
     loss: Callable,
@@ -49,24 +64,16 @@ def sgd_adapt(
     adapt_names: Iterable[str] | None = None,
     first_order: bool = False,
 ) -> Params:
-    """`steps` SGD steps on (x, y), one task. `lr` is a float or a per-parameter tensor dict (Meta-SGD).
+    """The inner loop for one task, gradients by torch.func (so vmap maps it over tasks): x [B, ...], y [B, ...].
 
-    adapt_names limits adaptation to some parameters (ANIL: the head); the rest are held fixed.
     Differentiable end to end unless first_order, which cuts the graph through the inner gradients.
     """
-    names = list(params) if adapt_names is None else [n for n in params if n in set(adapt_names)]
-    fixed = {n: p for n, p in params.items() if n not in names}
-    fast = {n: params[n] for n in names}
 
-    def inner_loss(fast_params: Params) -> torch.Tensor:
-        return loss(forward({**fixed, **fast_params}, x), y)
+    def gradient(fixed: Params, fast: Params) -> Params:
+        grads = grad(lambda f: loss(forward({**fixed, **f}, x), y))(fast)
+        return {n: g.detach() for n, g in grads.items()} if first_order else grads
 
-    for _ in range(steps):
-        grads = grad(inner_loss)(fast)
-        if first_order:
-            grads = {n: g.detach() for n, g in grads.items()}
-        fast = {n: fast[n] - (lr[n] if isinstance(lr, dict) else lr) * grads[n] for n in names}
-    return {**fixed, **fast}
+    return inner_sgd(params, steps=steps, lr=lr, adapt_names=adapt_names, gradient=gradient)
 
 
 def per_task(params: Params, tasks: int) -> Params:
@@ -86,7 +93,7 @@ def sgd_adapt_tasks(
     adapt_names: Iterable[str] | None = None,
     first_order: bool = False,
 ) -> Params:
-    """sgd_adapt for all T tasks at once, with autograd instead of torch.func: x [T, B, ...], y [T, B, ...].
+    """The inner loop for all T tasks at once, gradients by autograd instead of torch.func: x [T, B, ...], y [T, B, ...].
 
     params are shared by the tasks (no task axis); the result has one: [T, *shape] per parameter. Each step
     differentiates the sum of the T task losses with respect to the [T, ...] per-task parameters; task t's loss
@@ -94,22 +101,21 @@ def sgd_adapt_tasks(
     numbers as vmap(sgd_adapt). Differentiable end to end (create_graph) unless first_order, which takes each
     step's gradient at a detached copy, so that no graph of the inner backward pass is ever built.
     """
-    task_params = per_task(params, x.shape[0])
-    names = list(params) if adapt_names is None else [n for n in params if n in set(adapt_names)]
-    fixed = {n: p for n, p in task_params.items() if n not in names}
-    fast = {n: task_params[n] for n in names}
+
+    def gradient(fixed: Params, fast: Params) -> Params:
+        # A detached copy where the gradient is taken without a graph (or where there is none to keep).
+        at = {n: p if p.requires_grad and not first_order else p.detach().requires_grad_() for n, p in fast.items()}
+        losses = vmap(loss)(forward_tasks({**fixed, **at}, x), y)
+        grads = torch.autograd.grad(losses.sum(), list(at.values()), create_graph=not first_order)
+        return dict(zip(at, grads))
+
     with torch.enable_grad():  # evaluation may call this under no_grad; the inner gradients are still needed
-        for _ in range(steps):
-            # A detached copy where the gradient is taken without a graph (or where there is none to keep).
-            at = {n: p if p.requires_grad and not first_order else p.detach().requires_grad_() for n, p in fast.items()}
-            losses = vmap(loss)(forward_tasks({**fixed, **at}, x), y)
-            grads = torch.autograd.grad(losses.sum(), [at[n] for n in names], create_graph=not first_order)
-            fast = {n: fast[n] - (lr[n] if isinstance(lr, dict) else lr) * g for n, g in zip(names, grads)}
-    return {**fixed, **fast}
+        return inner_sgd(per_task(params, x.shape[0]), steps=steps, lr=lr, adapt_names=adapt_names, gradient=gradient)
 
 
-def tree_sum(dicts: list[Params]) -> Params:
-    return {k: torch.stack([d[k] for d in dicts]).sum(0) for k in dicts[0]}
+def tensor_bytes(tensors: Params) -> int:
+    """Bytes held by the tensors of a dict (parameters, an update, adapted task state)."""
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def all_finite(tensors: Params) -> bool:

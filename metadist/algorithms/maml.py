@@ -12,17 +12,13 @@ for conv-4 (docs/benchmarks.md, "Learning layer"); the maths is unchanged (tests
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import platform
-import sys
+from typing import Self
 
 import torch
 from torch.func import grad_and_value, vmap
 
 from metadist.algorithms.base import MetaLearner, Update
 from metadist.algorithms.functional import Params, TaskForward, accuracy, sgd_adapt, sgd_adapt_tasks
-
 
 # On CPU, 8 tasks at a time is 10-20% faster than 32 (conv-4, Omniglot 5- and 20-way, 2 cores: the activations of
 # 8 tasks stay in cache) and holds a quarter of the memory; on a GPU, more tasks per pass means more parallelism.
@@ -31,28 +27,10 @@ CPU_TASKS_PER_PASS = 8
 # forward-backward passes. On CPU at most this many are held at once: 8 tasks at 1 inner step, 2 at 5 (which
 # keeps 5-step MAML's peak RSS under learn2learn's, which holds one task's graph at a time).
 CPU_SECOND_ORDER_PASSES = 16
-# glibc's malloc returns large freed blocks to the OS, so each step's activations come back as fresh pages: a page
-# fault and a page of zeroing per 4 KB, 15-20% of a step (conv-4 MAML, 5-way: 27,000 faults a step). mallopt keeps
-# blocks up to 32 MiB (glibc's ceiling) on the heap and the heap untrimmed below 1 GiB; RSS then stays at its peak.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
-_MMAP_THRESHOLD_BYTES = 32 << 20
-_TRIM_THRESHOLD_BYTES = 1 << 30
-
-
-@functools.cache
-def retain_freed_cpu_memory() -> bool:
-    """Have this process's C heap keep freed memory for reuse (glibc only; once per process). True if applied."""
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(None)
-    applied = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES) and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)
-    return bool(applied)
-
 
 class MAML(MetaLearner):
     name = "maml"
     first_order = False
-    retain_cpu_memory = True  # on CPU, call retain_freed_cpu_memory() before the first update (see above)
 
     def __init__(self, *args, tasks_per_pass: int | None = None, **kwargs) -> None:
         """tasks_per_pass: compute_update differentiates at most this many tasks at a time and sums the parts.
@@ -67,7 +45,7 @@ class MAML(MetaLearner):
         self.tasks_per_pass = tasks_per_pass
 
     @classmethod
-    def from_config(cls, config, model: torch.nn.Module, kind: str, **settings) -> "MAML":
+    def from_config(cls, config, model: torch.nn.Module, kind: str, **settings) -> Self:
         return super().from_config(config, model, kind, tasks_per_pass=config.tasks_per_pass, **settings)
 
     def inner_lrs(self, meta_params: Params) -> float | Params:
@@ -93,8 +71,6 @@ class MAML(MetaLearner):
 
     def compute_update(self, meta_params: Params, batch) -> Update:
         on_cpu = batch.support_x.device.type == "cpu"
-        if on_cpu and self.retain_cpu_memory:
-            retain_freed_cpu_memory()
         size = self.tasks_per_pass
         if size is None and on_cpu and getattr(self.model, "forward_tasks", None) is not None:
             # (models without forward_tasks go through vmap, whose per-call cost favours one pass: unchanged)

@@ -29,12 +29,13 @@ Hidden sizes are D (the model's embedding size) so the skips add up. The LSTMs' 
 from __future__ import annotations
 
 import math
+from typing import Self
 
 import torch
 import torch.nn.functional as F
-from torch.func import grad_and_value, vmap
+from torch.func import vmap
 
-from metadist.algorithms.base import MetaLearner, Update
+from metadist.algorithms.base import MetricLearner
 from metadist.algorithms.functional import Params, accuracy
 
 # K, the attention LSTM's read steps over the support set (the paper leaves it open; a handful of reads is the
@@ -76,7 +77,7 @@ def support_context(params: Params, support_z: torch.Tensor) -> torch.Tensor:
         h = c = torch.zeros_like(sequence[0])
         states = []
         for x in sequence.unbind(0):
-            h, c = lstm_cell(*lstm, x, h, c)
+            h, c = lstm_cell(lstm[0], lstm[1], lstm[2], x, h, c)
             states.append(h)
         return torch.stack(states)
 
@@ -109,9 +110,8 @@ def attention_log_probs(
     return torch.logsumexp(masked, dim=-1)
 
 
-class MatchingNetworks(MetaLearner):
+class MatchingNetworks(MetricLearner):
     name = "matching"
-    adapts_weights = False
     extra_prefixes = ("fce.", "matching.")
 
     def __init__(self, model: torch.nn.Module, kind: str, *, inner_lr: float, inner_steps: int, eval_inner_steps: int,
@@ -131,7 +131,7 @@ class MatchingNetworks(MetaLearner):
                     self._extra_init[f"fce.{lstm}.{k}"] = v
 
     @classmethod
-    def from_config(cls, config, model: torch.nn.Module, kind: str, **settings) -> "MatchingNetworks":
+    def from_config(cls, config, model: torch.nn.Module, kind: str, **settings) -> Self:
         return super().from_config(config, model, kind, fce=config.matching_fce, **settings)
 
     def init_meta_params(self) -> Params:
@@ -140,9 +140,6 @@ class MatchingNetworks(MetaLearner):
         return {**params, **{k: v.to(device=like.device, dtype=like.dtype) for k, v in self._extra_init.items()}}
 
     # -- one task --------------------------------------------------------------------------------------------
-    def _ways(self, support_y: torch.Tensor) -> int:
-        return int(support_y.max()) + 1
-
     def _support(self, meta_params: Params, sx: torch.Tensor, sy: torch.Tensor, ways: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Support embeddings g [S, D] and labels [S, N]."""
         support_z = self.forward(self.model_params(meta_params), sx)
@@ -163,17 +160,9 @@ class MatchingNetworks(MetaLearner):
         return self.loss(log_probs, qy), accuracy(log_probs, qy)
 
     # -- the learner -----------------------------------------------------------------------------------------
-    def compute_update(self, meta_params: Params, batch) -> Update:
-        ways = self._ways(batch.support_y)
-        step = grad_and_value(lambda p, *a: self._task_loss(p, *a, ways), has_aux=True)
-        grads, (losses, acc) = vmap(step, in_dims=(None, 0, 0, 0, 0))(
-            meta_params, batch.support_x, batch.support_y, batch.query_x, batch.query_y
-        )
-        metrics = {"loss_after": float(losses.sum()), "accuracy_after": float(acc.sum())}
-        return Update("gradient", {k: g.sum(0) for k, g in grads.items()}, len(losses), metrics)
 
     def adapt(self, meta_params: Params, support_x, support_y, steps: int | None = None) -> Params:
-        ways = self._ways(support_y)
+        ways = self.ways(support_y)
         support_z, support_onehot = vmap(lambda x, y: self._support(meta_params, x, y, ways))(support_x, support_y)
         return {"support_z": support_z, "support_onehot": support_onehot}
 

@@ -17,6 +17,22 @@ from metadist.config import OptimizerConfig
 
 
 @dataclass(frozen=True)
+class OuterState:
+    """Everything the outer optimizer holds: what a checkpoint saves and a resumed run (or a restarted parameter
+    server) loads back."""
+
+    params: Params  # the meta-parameters, detached
+    optimizer: dict | None  # torch.optim state_dict; None for a fixed-step learner (model averaging), which has none
+    step_count: int  # outer steps applied
+    skipped: int  # updates refused for NaN/Inf
+
+    @property
+    def next_step(self) -> int:
+        """Every outer step is either applied or skipped, so this is the next one to take."""
+        return self.step_count + self.skipped
+
+
+@dataclass(frozen=True)
 class StepResult:
     applied: bool
     lr: float
@@ -31,6 +47,7 @@ class MetaOptimizer:
         self.fixed_lr = fixed_lr
         self.params = {k: v.detach().clone().requires_grad_(True) for k, v in meta_params.items()}
         tensors = list(self.params.values())
+        self.optimizer: torch.optim.Optimizer
         if fixed_lr is not None:
             self.optimizer = torch.optim.SGD(tensors, lr=fixed_lr)
         elif config.name == "adam":
@@ -74,13 +91,15 @@ class MetaOptimizer:
         """A detached snapshot to hand to learners (and workers)."""
         return {k: v.detach().clone() for k, v in self.params.items()}
 
-    def state_dict(self) -> dict:
-        return {"params": self.meta_params(), "optimizer": self.optimizer.state_dict(), "step_count": self.step_count, "skipped": self.skipped}
+    def state(self) -> OuterState:
+        optimizer = None if self.fixed_lr is not None else self.optimizer.state_dict()
+        return OuterState(self.meta_params(), optimizer, self.step_count, self.skipped)
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state(self, state: OuterState) -> None:
         with torch.no_grad():
-            for k, v in state["params"].items():
+            for k, v in state.params.items():
                 self.params[k].copy_(v)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step_count = int(state["step_count"])
-        self.skipped = int(state["skipped"])
+        if state.optimizer is not None:
+            self.optimizer.load_state_dict(state.optimizer)
+        self.step_count = state.step_count
+        self.skipped = state.skipped

@@ -8,9 +8,9 @@ change, so there is no inner loop and no before-adaptation score.
 from __future__ import annotations
 
 import torch
-from torch.func import grad_and_value, vmap
+from torch.func import vmap
 
-from metadist.algorithms.base import MetaLearner, Update
+from metadist.algorithms.base import MetricLearner
 from metadist.algorithms.functional import Params, accuracy
 
 
@@ -25,29 +25,17 @@ def squared_distance_logits(query_z: torch.Tensor, protos: torch.Tensor) -> torc
     return -((query_z[:, None, :] - protos[None, :, :]) ** 2).sum(-1)
 
 
-class ProtoNet(MetaLearner):
+class ProtoNet(MetricLearner):
     name = "protonet"
-    adapts_weights = False
-
-    def _ways(self, support_y: torch.Tensor) -> int:
-        return int(support_y.max()) + 1
 
     def _task_loss(self, params: Params, sx, sy, qx, qy, ways: int):
         protos = prototypes(self.forward(params, sx), sy, ways)
         logits = squared_distance_logits(self.forward(params, qx), protos)
         return self.loss(logits, qy), accuracy(logits, qy)
 
-    def compute_update(self, meta_params: Params, batch) -> Update:
-        ways = self._ways(batch.support_y)
-        step = grad_and_value(lambda p, *a: self._task_loss(p, *a, ways), has_aux=True)
-        grads, (losses, acc) = vmap(step, in_dims=(None, 0, 0, 0, 0))(
-            meta_params, batch.support_x, batch.support_y, batch.query_x, batch.query_y
-        )
-        metrics = {"loss_after": float(losses.sum()), "accuracy_after": float(acc.sum())}
-        return Update("gradient", {k: g.sum(0) for k, g in grads.items()}, len(losses), metrics)
 
     def adapt(self, meta_params: Params, support_x, support_y, steps: int | None = None) -> Params:
-        ways = self._ways(support_y)
+        ways = self.ways(support_y)
         return {"prototypes": vmap(lambda x, y: prototypes(self.forward(meta_params, x), y, ways))(support_x, support_y)}
 
     def predict(self, meta_params: Params, adapted: Params, query_x) -> torch.Tensor:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.func import grad_and_value, vmap
+from torch.func import vmap
 
-from metadist.algorithms.base import MetaLearner, Update
+from metadist.algorithms.base import MetricLearner
 from metadist.algorithms.functional import Params, accuracy
 from metadist.algorithms.matching import one_hot
 
@@ -45,9 +45,8 @@ def balanced_pair_loss(pair_logits: torch.Tensor, same: torch.Tensor) -> torch.T
     return F.binary_cross_entropy_with_logits(pair_logits, same, weight=weight, reduction="sum")
 
 
-class SiameseNetwork(MetaLearner):
+class SiameseNetwork(MetricLearner):
     name = "siamese"
-    adapts_weights = False
     extra_prefixes = ("siamese.",)
 
     def __init__(self, model: torch.nn.Module, kind: str, *, inner_lr: float, inner_steps: int, eval_inner_steps: int) -> None:
@@ -64,9 +63,6 @@ class SiameseNetwork(MetaLearner):
         return {**params, **{k: v.to(device=like.device, dtype=like.dtype) for k, v in self._head_init.items()}}
 
     # -- one task --------------------------------------------------------------------------------------------
-    def _ways(self, support_y: torch.Tensor) -> int:
-        return int(support_y.max()) + 1
-
     def _embed(self, meta_params: Params, x: torch.Tensor) -> torch.Tensor:
         return self.forward(self.model_params(meta_params), x)
 
@@ -80,17 +76,9 @@ class SiameseNetwork(MetaLearner):
         return loss, accuracy(class_logits(pair_logits, one_hot(sy, ways, pair_logits.dtype)), qy)
 
     # -- the learner -----------------------------------------------------------------------------------------
-    def compute_update(self, meta_params: Params, batch) -> Update:
-        ways = self._ways(batch.support_y)
-        step = grad_and_value(lambda p, *a: self._task_loss(p, *a, ways), has_aux=True)
-        grads, (losses, acc) = vmap(step, in_dims=(None, 0, 0, 0, 0))(
-            meta_params, batch.support_x, batch.support_y, batch.query_x, batch.query_y
-        )
-        metrics = {"loss_after": float(losses.sum()), "accuracy_after": float(acc.sum())}
-        return Update("gradient", {k: g.sum(0) for k, g in grads.items()}, len(losses), metrics)
 
     def adapt(self, meta_params: Params, support_x, support_y, steps: int | None = None) -> Params:
-        ways = self._ways(support_y)
+        ways = self.ways(support_y)
         support_z = vmap(lambda x: self._embed(meta_params, x))(support_x)
         return {"support_z": support_z, "support_onehot": one_hot(support_y, ways, support_z.dtype)}
 
@@ -103,9 +91,9 @@ class SiameseNetwork(MetaLearner):
     def evaluate(self, meta_params: Params, batch, steps: int | None = None) -> dict[str, torch.Tensor]:
         """Per-task [T] loss and accuracy; the loss is the balanced pair loss that training minimises (the base class
         would report cross-entropy over the class logits, a different quantity from compute_update's loss_after)."""
-        ways = self._ways(batch.support_y)
+        ways = self.ways(batch.support_y)
         with torch.no_grad():
-            losses, acc = vmap(lambda *a: self._task_loss(meta_params, *a, ways))(
+            losses, acc = vmap(lambda sx, sy, qx, qy: self._task_loss(meta_params, sx, sy, qx, qy, ways))(
                 batch.support_x, batch.support_y, batch.query_x, batch.query_y
             )
         return {"loss_after": losses, "accuracy_after": acc}

@@ -1,4 +1,4 @@
-"""The `metadist` command. One module per command group; each adds its subparsers and handlers."""
+"""The `metadist` command line, one module per command group, each adding its subparsers and handlers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import sys
 from pydantic import ValidationError
 
 from metadist import __version__
+from metadist.config import validation_message
 from metadist.errors import MetadistError
+from metadist.runtime import configure_process
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,12 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_process()  # once, for every command and learner (metadist.runtime)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.handler(args) or 0)
-    except ValidationError as exc:
-        where = "; ".join(f"{exc.title}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        print(f"metadist: error: {where}", file=sys.stderr)
+    except ValidationError as exc:  # a settings model built outside metadist.config.validate
+        print(f"metadist: error: {exc.title}: {validation_message(exc)}", file=sys.stderr)
         return 2
     except MetadistError as exc:
         # Our errors already name the file, field or class at fault: print them, not a traceback.

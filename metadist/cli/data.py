@@ -198,4 +198,4 @@ def _save_grid(batch, episode: EpisodeConfig, path: Path) -> None:
             if img is not None:
                 grid[i * (h + pad) : i * (h + pad) + h, j * (w + pad) : j * (w + pad) + w] = (img.transpose(1, 2, 0) * 255).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid.squeeze(-1) if c == 1 else grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(path)
+    Image.fromarray(grid.squeeze(-1) if c == 1 else grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.Resampling.NEAREST).save(path)

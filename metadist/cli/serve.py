@@ -50,30 +50,15 @@ def add_commands(commands) -> None:
 # -- serve -----------------------------------------------------------------------------------------------------------
 def serve_config(args):
     """ServeConfig from --config, then the shortcut flags, then --set; validated as a whole."""
+    from metadist.config import read_mapping, set_dotted, validate
     from metadist.serving import ServeConfig
 
-    raw: dict = {}
-    if args.config:
-        import fsspec
-
-        try:
-            with fsspec.open(args.config, "r") as f:
-                raw = yaml.safe_load(f) or {}
-        except FileNotFoundError as exc:
-            raise ConfigError(f"{args.config}: no such serve configuration file") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{args.config}: not valid YAML: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{args.config}: expected a mapping of settings (checkpoint, address ...), got {type(raw).__name__}")
+    raw = read_mapping(args.config, "serve configuration file") if args.config else {}
     raw.update({key: getattr(args, key) for key in _SERVE_FLAGS if getattr(args, key) is not None})
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. max_concurrency=4")
-        raw[key] = yaml.safe_load(value)
+    set_dotted(raw, args.overrides, example="max_concurrency=4")
     if "checkpoint" not in raw:
         raise ConfigError("--checkpoint: required (or `checkpoint:` in --config)")
-    return ServeConfig.model_validate(raw)
+    return validate(ServeConfig, raw, args.config or "serve settings")
 
 
 def _serve(args) -> int:

@@ -1,6 +1,6 @@
 """`metadist submit | job`: run a job on a Ray cluster through its job server; follow, inspect and stop it.
 
-The Ray side is in `metadist.distributed.submission`; this module parses, validates the job locally and prints.
+The Ray side is in `metadist.submission`; this module parses, validates the job locally and prints.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import datetime as dt
 import json
 import sys
 
-from metadist.config import load_job
+from metadist.config import load_job_with
 
 _ADDRESS_HELP = ("the cluster's job server (the head's dashboard), default $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS, "
                  "else http://127.0.0.1:8265. A token-auth cluster: its token in ~/.ray/auth_token or $RAY_AUTH_TOKEN")
@@ -56,17 +56,16 @@ def add_commands(commands) -> None:
 
 
 def _submit(args) -> int:
-    from metadist.cli.train import apply_overrides
-    from metadist.distributed.submission import JobServer, parse_env, prepare_submission, resolve_address
+    from metadist.submission import JobServer, job_server_address, parse_env, prepare_submission
 
     # Everything that can be checked here is, before the cluster is contacted.
     overrides = list(args.overrides)
     if args.workers is not None:
         overrides.append(f"distributed.workers={args.workers}")
-    job = apply_overrides(load_job(args.job), overrides)
+    job = load_job_with(args.job, overrides)
     submission = prepare_submission(
         job, args.job, overrides=args.overrides, workers=args.workers, working_dir=args.working_dir,
-        submission_id=args.submission_id, pip=args.pip, env=parse_env(args.env), address=resolve_address(args.address),
+        submission_id=args.submission_id, pip=args.pip, env=parse_env(args.env), address=job_server_address(args.address),
     )
     for warning in submission.warnings:
         print(f"metadist: warning: {warning}", file=sys.stderr)
@@ -103,7 +102,7 @@ def _write(chunk: str) -> None:
 
 
 def _status(args) -> int:
-    from metadist.distributed.submission import JobServer
+    from metadist.submission import JobServer
 
     info = JobServer(args.address).info(args.submission_id)
     if args.json:
@@ -123,7 +122,7 @@ def _status(args) -> int:
 
 
 def _logs(args) -> int:
-    from metadist.distributed.submission import JobServer
+    from metadist.submission import JobServer
 
     server = JobServer(args.address)
     if args.follow:
@@ -133,7 +132,7 @@ def _logs(args) -> int:
 
 
 def _stop(args) -> int:
-    from metadist.distributed.submission import TERMINAL_STATUSES, JobServer
+    from metadist.submission import TERMINAL_STATUSES, JobServer
 
     info = JobServer(args.address).stop(args.submission_id, wait=not args.no_wait)
     print(f"job {args.submission_id}: {info.status}" + (f" ({info.message})" if info.message else ""))
@@ -141,7 +140,7 @@ def _stop(args) -> int:
 
 
 def _list(args) -> int:
-    from metadist.distributed.submission import JobServer
+    from metadist.submission import JobServer
 
     jobs = sorted(JobServer(args.address).list(), key=lambda j: j.start_time or 0, reverse=True)
     for info in jobs:

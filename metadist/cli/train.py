@@ -7,7 +7,7 @@ import sys
 
 import yaml
 
-from metadist.config import JobConfig, load_job
+from metadist.config import load_job_with
 from metadist.errors import ConfigError
 
 
@@ -50,45 +50,21 @@ def add_commands(commands) -> None:
 
 
 # -- train -----------------------------------------------------------------------------------------------------------
-def apply_overrides(job: JobConfig, overrides: list[str]) -> JobConfig:
-    """KEY=VALUE settings (dotted keys, YAML values) on top of a job; validated like the job file."""
-    raw = job.model_dump(mode="json")
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.steps=100")
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {} if node.get(part) is None else node[part]
-                if not isinstance(node[part], dict):
-                    raise ConfigError(f"--set {key}: {part!r} is not a section")
-            node = node[part]
-        node[parts[-1]] = yaml.safe_load(value)
-    from pydantic import ValidationError
-
-    try:
-        return JobConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"--set: {problems}") from exc
-
-
 def _train(args) -> int:
-    from metadist.training import LocalTrainer
+    from metadist.training import LocalTrainer, Trainer
 
     overrides = list(args.overrides)
     if args.workers is not None:
         overrides.append(f"distributed.workers={args.workers}")
     if args.address is not None:
         overrides.append(f"distributed.address={json.dumps(args.address)}")
-    job = apply_overrides(load_job(args.job), overrides)
+    job = load_job_with(args.job, overrides)
     text = yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)
     if args.print_config:
         print(text, end="")
         return 0
     print(f"# metadist job {job.name}\n{text}", file=sys.stderr)
+    trainer: Trainer
     if job.distributed.workers > 0:
         from metadist.distributed import DistributedTrainer
 
@@ -107,9 +83,9 @@ def _train(args) -> int:
 # -- eval ------------------------------------------------------------------------------------------------------------
 def _eval(args) -> int:
     from metadist.config import SplitConfig, TaskSourceConfig
-    from metadist.training import checkpoint as ckpt_io
+    from metadist.core import build, make_sampler, resolve_device
+    from metadist.core import checkpoint as ckpt_io
     from metadist.training.evaluation import evaluate
-    from metadist.training.tasks import build, make_sampler, resolve_device
 
     saved = ckpt_io.load(args.checkpoint)
     job = saved.job
@@ -118,10 +94,11 @@ def _eval(args) -> int:
     source, episode = None, None
     if job.data.regression is None:
         source = job.data.test or job.data.train
+        assert source is not None  # validated: classification names its training shards
         if args.data:
-            source = TaskSourceConfig(uri=args.data)
+            source = TaskSourceConfig.model_validate({"uri": args.data})
         if args.groups:
-            source = source.model_copy(update={"split": SplitConfig(groups=args.groups)})
+            source = source.model_copy(update={"split": SplitConfig.model_validate({"groups": args.groups})})
         episode = job.data.test_episode
         updates = {k: getattr(args, k) for k in ("ways", "shots", "queries") if getattr(args, k) is not None}
         episode = episode.model_copy(update=updates)
@@ -138,7 +115,7 @@ def _eval(args) -> int:
     if args.json:
         print(json.dumps({k: {"mean": e.mean, "ci95": e.ci95, "episodes": e.n} for k, e in result.items()}, indent=2))
     else:
-        what = f"{episode.ways}-way {episode.shots}-shot" if episode else job.data.regression.family
+        what = f"{episode.ways}-way {episode.shots}-shot" if episode else getattr(job.data.regression, "family", "regression")
         print(f"{args.checkpoint} (step {saved.step}), {what}, {episodes} episodes:")
         for key, estimate in result.items():
             print(f"  {key:18s} {estimate}")

@@ -1,4 +1,4 @@
-"""The data layer: Arrow task shards on any fsspec URI, importers, and streaming episodic samplers.
+"""Task data: Arrow shard sets on any fsspec URI, their importers, and the deterministic episode samplers that stream from them.
 
 >>> from metadist.data import ShardSet, EpisodeSampler, resolve_uri
 >>> shards = ShardSet(resolve_uri("bundled://omniglot-small1"))
@@ -10,7 +10,7 @@ from metadist.data.episodes import ClassificationBatch, RegressionBatch
 from metadist.data.images import ImagePreprocessing
 from metadist.data.importers import MAML_PREPROCESSING, import_image_folder, import_omniglot
 from metadist.data.manifest import ClassInfo, Manifest, ShardInfo
-from metadist.data.prefetch import Prefetcher
+from metadist.data.prefetch import Lookahead, Prefetcher
 from metadist.data.regression import FAMILIES, LinearTasks, RegressionSampler, SinusoidTasks
 from metadist.data.sampler import EpisodeSampler
 from metadist.data.shardset import ShardSet
@@ -26,6 +26,7 @@ __all__ = [
     "ImagePreprocessing",
     "LinearTasks",
     "Manifest",
+    "Lookahead",
     "Prefetcher",
     "RegressionBatch",
     "RegressionSampler",

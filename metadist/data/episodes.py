@@ -7,19 +7,16 @@ from dataclasses import dataclass, fields
 import torch
 
 
+def _moved(value, device: torch.device | str):
+    return value.to(device) if isinstance(value, torch.Tensor) else value
+
+
 @dataclass
 class _Batch:
-    def to(self, device: torch.device | str, non_blocking: bool = False):
-        return type(self)(
-            **{
-                f.name: (v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
-                for f in fields(self)
-                for v in [getattr(self, f.name)]
-            }
-        )
+    support_x: torch.Tensor  # [T, ...]: every batch leads with the task axis
 
-    def pin_memory(self):
-        return type(self)(**{f.name: (v.pin_memory() if isinstance(v, torch.Tensor) else v) for f in fields(self) for v in [getattr(self, f.name)]})
+    def to(self, device: torch.device | str):
+        return type(self)(**{f.name: _moved(getattr(self, f.name), device) for f in fields(self)})
 
     def __len__(self) -> int:
         return self.support_x.shape[0]

@@ -44,7 +44,7 @@ class LinearTasks:
         return np.stack([_scale(u[:, 0], self.slope), _scale(u[:, 1], self.intercept)], axis=1)
 
 
-FAMILIES = {"sinusoid": SinusoidTasks, "linear": LinearTasks}
+FAMILIES: dict[str, type[SinusoidTasks] | type[LinearTasks]] = {"sinusoid": SinusoidTasks, "linear": LinearTasks}
 
 
 def _scale(u: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from metadist.config import EpisodeConfig, SplitConfig
+from metadist.config import DEFAULT_CACHE_MB, EpisodeConfig, SplitConfig
 from metadist.data import rng
 from metadist.data.cache import ClassCache
 from metadist.data.episodes import ClassificationBatch
@@ -32,7 +32,7 @@ class EpisodeSampler:
         *,
         split: SplitConfig | None = None,
         seed: int,
-        cache_mb: float = 512,
+        cache_mb: float = DEFAULT_CACHE_MB,
     ) -> None:
         self.shards = shards
         self.episode = episode

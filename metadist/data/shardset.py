@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from metadist.config import DEFAULT_MAX_OPEN_SHARDS
 from metadist.data import schema
 from metadist.data.images import ImagePreprocessing
 from metadist.data.manifest import ClassInfo, Manifest
@@ -31,7 +32,7 @@ class ShardSet:
     >>> pixels = shards.read_class(shards.manifest.class_index["Greek/character01"])  # uint8 [20, 1, 28, 28]
     """
 
-    def __init__(self, uri: str, *, storage_options: dict | None = None, max_open_shards: int = 8) -> None:
+    def __init__(self, uri: str, *, storage_options: dict | None = None, max_open_shards: int = DEFAULT_MAX_OPEN_SHARDS) -> None:
         self.uri = uri.rstrip("/")
         self.fs, self.root = filesystem(self.uri, storage_options)
         self.max_open_shards = max_open_shards

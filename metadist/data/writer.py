@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -81,7 +82,7 @@ class ShardSetWriter:
         self.fs, self.root = filesystem(self.uri, storage_options)
         self.dataset = dataset
         self.preprocessing = preprocessing
-        self.example_shape = tuple(example_shape)
+        self.example_shape: tuple[int, int, int] = (int(example_shape[0]), int(example_shape[1]), int(example_shape[2]))
         self.example_encoding = example_encoding
         self.file_format = file_format
         self.shard_bytes = int(shard_mb * 2**20)
@@ -90,8 +91,8 @@ class ShardSetWriter:
         self._shards: list[ShardInfo] = []
         self._classes: list[ClassInfo] = []
         self._names: set[str] = set()
-        self._sink: _HashingSink | None = None
-        self._writer = None
+        self._sink: Any = None  # the open shard file (_HashingSink) while a shard is being written
+        self._writer: Any = None  # an Arrow IPC file writer or a ParquetWriter, while a shard is open
         self._rows = 0
         self._batches = 0
         self._written_paths: list[str] = []

@@ -15,13 +15,14 @@ import time
 from dataclasses import dataclass
 
 import ray
-import torch
 
 from metadist.algorithms.base import Update
-from metadist.algorithms.outer import MetaOptimizer
+from metadist.algorithms.functional import tensor_bytes
+from metadist.algorithms.outer import MetaOptimizer, OuterState
 from metadist.config import JobConfig
-from metadist.training.tasks import ModelSpec, build
-from metadist.training.trainer import make_checkpoint, save_checkpoint_files
+from metadist.core import Checkpoint, LoopState, ModelSpec, build
+from metadist.core.checkpoint import save_and_prune
+from metadist.runtime import configure_process
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def scaled(update: Update, weight: float) -> Update:
 
 class ParameterServer:
     def __init__(self, job: JobConfig, spec: dict) -> None:
-        torch.set_num_threads(1)  # the outer step is a few element-wise tensor operations
+        configure_process(threads=1)  # the outer step is a few element-wise tensor operations
         self.job = job
         self.spec = ModelSpec.from_dict(spec)
         _, learner = build(job, self.spec)  # the same seeded initialisation as the local trainer
@@ -86,7 +87,7 @@ class ParameterServer:
 
     def _publish(self) -> None:
         params = self.optimizer.meta_params()
-        self._current = ParamsVersion(self.version, [ray.put(params)], sum(v.numel() * v.element_size() for v in params.values()))
+        self._current = ParamsVersion(self.version, [ray.put(params)], tensor_bytes(params))
 
     def current(self) -> ParamsVersion:
         return self._current
@@ -103,7 +104,7 @@ class ParameterServer:
         self.applied.add(step)
         self.version += 1
         self._publish()
-        received = sum(sum(v.numel() * v.element_size() for v in u.tensors.values()) for u in updates)
+        received = sum(tensor_bytes(u.tensors) for u in updates)
         return self._report(step, result.applied, False, result.lr, result.update_norm, time.perf_counter() - start, received)
 
     def _report(self, step, applied, duplicate, lr, norm, apply_s, received) -> ApplyReport:
@@ -111,19 +112,19 @@ class ParameterServer:
                            apply_s, received)
 
     # -- state -------------------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return self.optimizer.state_dict()
+    def state(self) -> OuterState:
+        return self.optimizer.state()
 
-    def load_state_dict(self, state: dict, next_step: int) -> ParamsVersion:
-        """Restore from a checkpoint's state; steps below `next_step` count as applied (a synchronous run's)."""
-        self.optimizer.load_state_dict(state)
-        self.applied = AppliedSteps(next_step)
+    def load_state(self, state: OuterState) -> ParamsVersion:
+        """Restore from a checkpoint's state; the steps it took count as applied (a synchronous run's)."""
+        self.optimizer.load_state(state)
+        self.applied = AppliedSteps(state.next_step)
         self.version += 1
         self._publish()
         return self._current
 
-    def save(self, step: int, trainer_state: dict, directory: str) -> str:
+    def save(self, step: int, loop: LoopState, directory: str) -> str:
         """Write the checkpoint of outer step `step` into `directory` (any fsspec URI; the driver makes a local
         path absolute, since this actor's working directory is not the driver's); returns its URI."""
-        ckpt = make_checkpoint(self.job, self.spec, step, self.optimizer.state_dict(), self.fixed_lr, trainer_state)
-        return save_checkpoint_files(ckpt, directory, self.job.checkpoint.keep)
+        ckpt = Checkpoint.of_run(self.job, self.spec, step, self.optimizer.state(), loop)
+        return save_and_prune(ckpt, directory, self.job.checkpoint.keep)

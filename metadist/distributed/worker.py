@@ -1,7 +1,7 @@
 """The task worker: a Ray actor that owns a GPU (or CPU slots) and computes updates for slices of meta-batches.
 
 A thin shell around the learner's step function. It builds its sampler, model and learner from the job exactly as
-the local trainer does (metadist.training.tasks), keeps the newest meta-parameters it was sent, and for each call
+the local trainer does (metadist.core), keeps the newest meta-parameters it was sent, and for each call
 samples its task range (seed, step, indices) from its own shard streams, adapts to all of them in one vmapped
 `learner.compute_update`, and returns the summed Update plus a small report:
 
@@ -16,18 +16,17 @@ worker fetches it only when `version` differs from the one it holds: once per ve
 from __future__ import annotations
 
 import os
-import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import ray
 import torch
 
-from metadist.algorithms.functional import Params
+from metadist.algorithms.functional import Params, tensor_bytes
 from metadist.config import JobConfig
-from metadist.training.tasks import ModelSpec, build, make_sampler, resolve_device
-from metadist.training.trainer import before_adaptation_sums
+from metadist.core import ModelSpec, build, make_sampler, resolve_device
+from metadist.data import Lookahead
+from metadist.runtime import configure_process
 
 
 @dataclass(frozen=True)
@@ -49,15 +48,11 @@ class SliceReport:
     system: dict[str, float] = field(default_factory=dict)  # this process's rss_mb, cpu_percent
 
 
-def tensor_bytes(params: Params) -> int:
-    return sum(v.numel() * v.element_size() for v in params.values())
-
-
 class TaskWorker:
     """Created as a Ray actor by WorkerGroup; `worker_id` names it in metrics and logs."""
 
     def __init__(self, job: JobConfig, spec: dict, worker_id: int, threads: int) -> None:
-        torch.set_num_threads(threads)
+        configure_process(threads)
         self.worker_id = worker_id
         self.job = job
         # Ray sets CUDA_VISIBLE_DEVICES to the GPUs this actor owns; without any it runs on the CPU.
@@ -66,10 +61,9 @@ class TaskWorker:
         self.model, self.learner = build(job, ModelSpec.from_dict(spec))
         self.model.to(self.device)
         self.version: int | None = None
-        self.params: Params | None = None
-        self._lookahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metadist-sample")
-        self._sampling = threading.Lock()  # the sampler (and its class cache) is used by one thread at a time
-        self._next: tuple[tuple[int, int, int], Future] | None = None
+        self.params: Params = {}  # of version self.version; none before the first call
+        # Keyed by (step, lo, hi): a worker holding several slices of a step keeps a guess for each of them.
+        self._lookahead: Lookahead[tuple[int, int, int], object] = Lookahead(lambda key: self._sample(*key))
         self._process = _process_monitor()
 
     def info(self) -> dict:
@@ -88,12 +82,13 @@ class TaskWorker:
             self.params = {k: v.to(self.device) for k, v in cpu_params.items()}
             self.version, fetched = version, tensor_bytes(cpu_params)
         start = time.perf_counter()
-        batch = self._batch(step, lo, hi)
+        batch = self._lookahead.take((step, lo, hi))
         sampled = time.perf_counter()
+        self._lookahead.drop(lambda key: key[0] <= step)  # guesses for this step or earlier will not be asked for
         if prefetch is not None:  # sample the next call's tasks while the server applies this step
-            self._next = (prefetch, self._lookahead.submit(self._sample, *prefetch))
+            self._lookahead.ahead(prefetch)
         update = self.learner.compute_update(self.params, batch)
-        before = before_adaptation_sums(self.learner, self.params, batch) if with_before else None
+        before = self.learner.before_adaptation_sums(self.params, batch) if with_before else None
         tensors = {k: v.detach().cpu() for k, v in update.tensors.items()}
         done = time.perf_counter()
         update = type(update)(kind=update.kind, tensors=tensors, num_tasks=update.num_tasks, metrics=update.metrics)
@@ -105,17 +100,7 @@ class TaskWorker:
         return report, update
 
     def _sample(self, step: int, lo: int, hi: int):
-        with self._sampling:
-            return self.sampler.sample(step, range(lo, hi)).to(self.device)
-
-    def _batch(self, step: int, lo: int, hi: int):
-        if self._next is not None:
-            key, future = self._next
-            self._next = None
-            if key == (step, lo, hi):
-                return future.result()
-            future.cancel()  # a wrong guess: drop it if it has not started
-        return self._sample(step, lo, hi)
+        return self.sampler.sample(step, range(lo, hi)).to(self.device)
 
 
 def _process_monitor():

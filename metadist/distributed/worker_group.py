@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
 
 from metadist.config import JobConfig
-from metadist.distributed.cluster import ClusterError, WorkerResources
+from metadist.distributed.cluster import ClusterError
+from metadist.distributed.resources import WorkerResources
 from metadist.distributed.worker import TaskWorker
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ class WorkersExhausted(ClusterError):
 @dataclass
 class WorkerSlot:
     worker_id: int
-    actor: object  # ray.actor.ActorHandle
+    actor: Any  # ray.actor.ActorHandle of a TaskWorker
     ready_ref: object | None  # ObjectRef of info() until the worker is up
     info: dict | None = None
     requested_at_s: float = 0.0
@@ -50,11 +52,10 @@ class WorkerGroup:
         self.restarts_allowed = config.worker_restarts  # -1: no limit
         self.start_timeout_s = config.start_timeout_s
         self.restarts = 0  # workers replaced so far
-        self.joined = 0  # workers that came up so far (initial, grown and replacements)
         self.live: dict[int, WorkerSlot] = {}
         self.pending: dict[int, WorkerSlot] = {}
         self._next_id = 0
-        self._actor_class = ray.remote(TaskWorker)
+        self._actor_class: Any = ray.remote(TaskWorker)
 
     # -- membership ------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -94,7 +95,6 @@ class WorkerGroup:
                 continue
             slot.ready_ref = None
             self.live[slot.worker_id] = slot
-            self.joined += 1
             joined.append(slot.worker_id)
             log.info("task worker %d up on node %s (%s); %d live", slot.worker_id, slot.info["node_id"][:8],
                      slot.info["device"], len(self.live))

@@ -16,16 +16,17 @@ for parallel work make one classifier per thread (the gRPC server keeps one per 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from metadist.algorithms.functional import Params
+from metadist.core import build
+from metadist.core import checkpoint as ckpt_io
 from metadist.data.images import ImagePreprocessing
 from metadist.errors import DataImportError, PredictionError
-from metadist.training import checkpoint as ckpt_io
-from metadist.training.tasks import build
 
 ImageInput = bytes | np.ndarray
 
@@ -87,12 +88,12 @@ class FewShotClassifier:
             raise PredictionError(f"{source}: expected encoded image bytes or a uint8 array of shape {list(shape)}, got {array.dtype} {list(array.shape)}")
         return array
 
-    def _tensor(self, images: list[ImageInput], what: str) -> torch.Tensor:
+    def _tensor(self, images: Sequence[ImageInput], what: str) -> torch.Tensor:
         arrays = [self.load_image(image, f"{what}[{i}]" if not isinstance(image, _Named) else image.source) for i, image in enumerate(images)]
         return torch.from_numpy(np.stack(arrays)).to(self.device, torch.float32).div_(255.0)
 
     # -- adaptation and prediction -------------------------------------------------------------------------------------
-    def adapt(self, support_images: list[ImageInput], support_labels: list[str]) -> AdaptedTask:
+    def adapt(self, support_images: Sequence[ImageInput], support_labels: Sequence[str]) -> AdaptedTask:
         if len(support_images) != len(support_labels):
             raise PredictionError(f"support: {len(support_images)} images but {len(support_labels)} labels")
         labels = tuple(sorted(set(map(str, support_labels))))
@@ -110,7 +111,7 @@ class FewShotClassifier:
             state = self.learner.adapt(self.meta_params, x[None], y[None], self.inner_steps)
         return AdaptedTask(labels, {k: v.detach() for k, v in state.items()}, len(support_images))
 
-    def classify(self, task: AdaptedTask, query_images: list[ImageInput]) -> list[Prediction]:
+    def classify(self, task: AdaptedTask, query_images: Sequence[ImageInput]) -> list[Prediction]:
         if not query_images:
             return []
         x = self._tensor(query_images, "query")

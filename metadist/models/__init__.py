@@ -1,4 +1,4 @@
-"""Models: plain modules, no training, data or logging code. Learners call them with torch.func.functional_call."""
+"""The networks (conv-4, the regression MLP) as plain modules with no training, data or logging code, and the twice-differentiable ops they run on."""
 
 from metadist.models.conv4 import Conv4
 from metadist.models.mlp import MLP

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import grpc
 from google.protobuf.message import Message
@@ -57,7 +57,7 @@ class Client:
         self.address = address
         self.timeout_s = timeout_s
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        options = [("grpc.max_receive_message_length", int(max_message_mb * MIB))]
+        options: list[tuple[str, int | str]] = [("grpc.max_receive_message_length", int(max_message_mb * MIB))]
         if tls_server_name:
             options.append(("grpc.ssl_target_name_override", tls_server_name))
         if tls or tls_ca or tls_cert:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
 
-from metadist.config import _Strict
+from metadist.config.job import StrictModel
 from metadist.errors import ConfigError
 
 MIB = 1024 * 1024
@@ -20,7 +20,7 @@ MIB = 1024 * 1024
 TOKEN_ENV = "METADIST_SERVE_TOKEN"
 
 
-class ServeConfig(_Strict):
+class ServeConfig(StrictModel):
     """One few-shot adaptation server: the model it serves, where it listens, its limits and its security."""
 
     # -- the model ---------------------------------------------------------------------------------------------------

@@ -14,16 +14,17 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
+from metadist.algorithms.functional import tensor_bytes
 from metadist.inference import AdaptedTask
 
 HANDLE_BYTES = 18  # token_urlsafe(18): 24 characters, 144 random bits
 
 
 def state_bytes(task: AdaptedTask) -> int:
-    return sum(t.numel() * t.element_size() for t in task.state.values())
+    return tensor_bytes(task.state)
 
 
 @dataclass

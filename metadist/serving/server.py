@@ -21,12 +21,12 @@ import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from metadist.core import checkpoint as ckpt_io
 from metadist.errors import ConfigError
 from metadist.inference import FewShotClassifier
 from metadist.serving import fewshot_pb2_grpc
 from metadist.serving.config import MIB, ServeConfig
 from metadist.serving.service import SERVICE_NAME, FewShotService
-from metadist.training import checkpoint as ckpt_io
 
 logger = logging.getLogger(__name__)
 
@@ -121,9 +121,10 @@ class Server:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         try:
             if config.tls:
+                assert config.tls_key is not None and config.tls_cert is not None  # ServeConfig: both, or neither
                 credentials = grpc.ssl_server_credentials(
                     [(_read(config.tls_key, "tls_key"), _read(config.tls_cert, "tls_cert"))],
-                    root_certificates=_read(config.tls_client_ca, "tls_client_ca") if config.tls_client_ca else None,
+                    root_certificates=_read(config.tls_client_ca, "tls_client_ca") if config.tls_client_ca is not None else None,
                     require_client_auth=config.tls_client_ca is not None,
                 )
                 port = server.add_secure_port(config.address, credentials)

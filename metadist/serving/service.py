@@ -13,8 +13,8 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import grpc
 from PIL import Image, UnidentifiedImageError

@@ -10,11 +10,8 @@ process-wide active run, so trackers in several threads (or Ray actors) do not s
 is `log_model`: MLflow's model logging reads the process-wide tracking URI, which is set for its duration only,
 under a lock.
 
-Where the run goes (`resolve_tracking_uri`): `tracking.uri`, else $MLFLOW_TRACKING_URI, else
-`sqlite:///<cwd>/mlflow.db` — the same local store MLflow 3 itself defaults to (its ./mlruns file store is in
-maintenance mode and refuses to open unless MLFLOW_ALLOW_FILE_STORE=true), made absolute so a later `chdir`
-cannot split a run across two stores. Artifacts of that local store go to <cwd>/mlruns/, as MLflow does; view
-both with `mlflow ui --backend-store-uri sqlite:///mlflow.db` run in the same directory.
+Where the run goes: see metadist.tracking.uri. Artifacts of the local default store go to <cwd>/mlruns/, as MLflow
+does; view both with `mlflow ui --backend-store-uri sqlite:///mlflow.db` run in the same directory.
 
 An unreachable http(s) server is reported by `start` at once (a /health probe), as a TrackingError naming
 the URI. Later, MLflow's own retry policy applies: MLFLOW_HTTP_REQUEST_MAX_RETRIES (default 7) with
@@ -25,34 +22,32 @@ request, so a server that dies mid-run stalls a logging call for about 4 minutes
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
-import importlib.util
 import json
 import logging
 import math
-import os
-import platform
-import re
 import ssl
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+from urllib.parse import unquote, urlparse
 
 import yaml
 
 import metadist
 from metadist.config import JobConfig, TrackingConfig
 from metadist.errors import TrackingError
+from metadist.tracking.environment import model_requirements, run_tags
+from metadist.tracking.redaction import hide_password, redact_job
+from metadist.tracking.system_metrics import start_system_metrics
+from metadist.tracking.uri import process_tracking_uri, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
-TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
-LOCAL_STORE_NAME = "mlflow.db"  # MLflow 3's own default store name (mlflow.store.tracking.DEFAULT_TRACKING_URI)
 HEALTH_PROBE_TIMEOUT_S = 10.0
 # MLflow's limits (mlflow.utils.validation): a longer param value is rejected, so it is cut (job.yaml keeps all).
 MAX_PARAM_VALUE_CHARS = 6000
@@ -60,26 +55,6 @@ TRUNCATION_MARK = "...[truncated; see job.yaml]"
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 MODEL_NAME = "model"  # runs:/<run id>/model
 MODEL_TYPE = "metadist-few-shot-classifier"
-# What loading the pyfunc imports (mlflow, pandas, and metadist.inference's imports), pinned at log time.
-MODEL_REQUIREMENTS = ("mlflow", "pandas", "torch", "numpy", "pillow", "pydantic", "pyyaml", "safetensors", "fsspec",
-                      "pyarrow", "tqdm")
-# fsspec options under these names hold credentials: never written into params or job.yaml.
-_SECRET_KEY = re.compile(r"secret|token|passw|credential|private|session|auth|^key$|access_key|api_key", re.IGNORECASE)
-REDACTED = "<redacted>"
-_URI_PASSWORD = re.compile(r"(://[^/@:\s]+:)[^/@\s]+@")  # scheme://user:PASSWORD@host
-
-# Model.log reads MLflow's process-wide tracking URI; swapping it is serialised across trackers.
-_GLOBAL_URI_LOCK = threading.Lock()
-
-
-# -- where runs go -------------------------------------------------------------------------------------------------
-def resolve_tracking_uri(config: TrackingConfig) -> str:
-    """`config.uri`, else $MLFLOW_TRACKING_URI, else the local sqlite store `sqlite:///<cwd>/mlflow.db`."""
-    if config.uri:
-        return config.uri
-    if os.environ.get(TRACKING_URI_ENV):
-        return os.environ[TRACKING_URI_ENV]
-    return "sqlite:///" + str(Path.cwd().resolve() / LOCAL_STORE_NAME)
 
 
 def open_tracker(config: TrackingConfig, *, job_name: str) -> "Tracker":
@@ -96,10 +71,10 @@ class Tracker(Protocol):
 
     def start(self, job: JobConfig, *, resume_run_id: str | None = None) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
-    def log_checkpoint(self, local_path: str, step: int) -> None: ...
+    def log_checkpoint(self, uri: str, step: int) -> None: ...
     def log_learning_curve(self, history: list[dict]) -> None: ...
     def log_summary(self, metrics: dict[str, float]) -> None: ...
-    def log_model(self, checkpoint_path: str) -> None: ...
+    def log_model(self, checkpoint_uri: str) -> None: ...
     def end(self, status: str = "FINISHED") -> None: ...
 
 
@@ -114,7 +89,7 @@ class NullTracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         pass
 
-    def log_checkpoint(self, local_path: str, step: int) -> None:
+    def log_checkpoint(self, uri: str, step: int) -> None:
         pass
 
     def log_learning_curve(self, history: list[dict]) -> None:
@@ -123,7 +98,7 @@ class NullTracker:
     def log_summary(self, metrics: dict[str, float]) -> None:
         pass
 
-    def log_model(self, checkpoint_path: str) -> None:
+    def log_model(self, checkpoint_uri: str) -> None:
         pass
 
     def end(self, status: str = "FINISHED") -> None:
@@ -152,9 +127,9 @@ class MlflowTracker:
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self.model_uri: str | None = None  # set by log_model: where mlflow.pyfunc.load_model finds the model
-        self._job: JobConfig | None = None  # the (redacted) job of this run
-        self._client = None
-        self._system_metrics = None
+        self._job: JobConfig = JobConfig()  # the (redacted) job of this run, once started
+        self._client: Any = None  # an MlflowClient bound to tracking_uri, once started (mlflow is imported lazily)
+        self._system_metrics: Any = None
         self._ended = False
         self._last_step = 0  # highest step given to log_metrics: where log_summary puts the final values
 
@@ -179,7 +154,7 @@ class MlflowTracker:
                 with contextlib.suppress(MlflowException):
                     self._client.set_terminated(self.run_id, status="FAILED")
             raise TrackingError(f"{self.display_uri}: could not start the MLflow run: {exc.message}") from exc
-        self._system_metrics = _start_system_metrics(self.run_id, self.tracking_uri, resumed=resume_run_id is not None)
+        self._system_metrics = start_system_metrics(self._require_run(), self.tracking_uri, resumed=resume_run_id is not None)
         log.info("MLflow run %s in experiment %r at %s", self.run_id, self.config.experiment, self.display_uri)
 
     def _create(self, job: JobConfig) -> None:
@@ -271,13 +246,16 @@ class MlflowTracker:
             self._client.log_batch(run_id, metrics=entries)
         self._last_step = max(self._last_step, int(step))
 
-    def log_checkpoint(self, local_path: str, step: int) -> None:
-        """Upload a checkpoint file (or directory) under `checkpoints/`; tags the run with the newest one."""
+    def log_checkpoint(self, uri: str, step: int) -> None:
+        """Upload a checkpoint file (or directory; any fsspec URI) under `checkpoints/`; tags the run with the newest."""
         run_id = self._require_run()
-        path = Path(_local(local_path))
+        with local_copy(uri) as local:
+            self._upload_checkpoint(run_id, uri, Path(local), step)
+
+    def _upload_checkpoint(self, run_id: str, uri: str, path: Path, step: int) -> None:
         if not path.exists():
-            raise FileNotFoundError(f"{local_path}: no such checkpoint to log")
-        with self._failing_as_tracking_error(f"log checkpoint {local_path}"):
+            raise FileNotFoundError(f"{uri}: no such checkpoint to log")
+        with self._failing_as_tracking_error(f"log checkpoint {uri}"):
             if path.is_dir():
                 self._client.log_artifacts(run_id, str(path), f"checkpoints/{path.name}")
             else:
@@ -316,7 +294,7 @@ class MlflowTracker:
             summary = {k: (v if math.isfinite(v) else None) for k, v in values.items()}
             self._client.log_text(run_id, json.dumps(summary, indent=2, sort_keys=True) + "\n", "summary.json")
 
-    def log_model(self, checkpoint_path: str) -> None:
+    def log_model(self, checkpoint_uri: str) -> None:
         """Log the final checkpoint as the MLflow pyfunc `model` (see metadist.tracking.pyfunc_model).
 
         The model holds the checkpoint, the metadist package (code_paths), explicit pip requirements (no
@@ -330,15 +308,15 @@ class MlflowTracker:
         from metadist.tracking.pyfunc_model import ARTIFACT_KEY, ENTRY_SCRIPT, signature
 
         run_id = self._require_run()
-        path = _local(checkpoint_path)
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{checkpoint_path}: no such checkpoint file to log as the model")
         with (
+            local_copy(checkpoint_uri) as path,
             tempfile.TemporaryDirectory(prefix="metadist-model-") as tmp,
             self._failing_as_tracking_error("log the model"),
-            _process_tracking_uri(self.tracking_uri),
+            process_tracking_uri(self.tracking_uri),
             warnings.catch_warnings(),
         ):
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"{checkpoint_uri}: no such checkpoint file to log as the model")
             # No input example on purpose: validating one would load the checkpoint and run the network.
             warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
             entry = Path(tmp) / "fewshot_model.py"
@@ -405,70 +383,8 @@ class MlflowTracker:
 
 
 # -- what goes into the run ----------------------------------------------------------------------------------------
-def run_tags(job: JobConfig) -> dict[str, str]:
-    data = job.data
-    tags = {
-        "metadist.version": metadist.__version__,
-        "metadist.job": job.name,
-        "metadist.algorithm": job.algorithm.name,
-        "metadist.model": job.model.name,
-        "metadist.task_kind": data.kind,
-        "python.version": platform.python_version(),
-        "torch.version": _version("torch"),
-    }
-    if data.regression is not None:
-        tags["metadist.dataset"] = f"regression:{data.regression.family}"
-    else:
-        tags["metadist.dataset"] = data.train.uri
-        tags["metadist.episode"] = f"{data.episode.ways}-way {data.episode.shots}-shot"
-        if data.test is not None:
-            tags["metadist.test_dataset"] = data.test.uri
-    return tags
-
-
-def redact_job(job: JobConfig) -> JobConfig:
-    """The job with credential-like fsspec storage options and URI passwords replaced by "<redacted>".
-
-    Params and job.yaml are readable by everyone with access to the experiment; the job file itself and the
-    checkpoints keep the real values.
-    """
-
-    def scrub(value, in_options: bool):
-        if isinstance(value, dict):
-            return {
-                k: REDACTED
-                if in_options and _SECRET_KEY.search(str(k)) and v is not None
-                else scrub(v, in_options or k == "storage_options")
-                for k, v in value.items()
-            }
-        if isinstance(value, list):
-            return [scrub(v, in_options) for v in value]
-        if isinstance(value, str):
-            return hide_password(value)  # a password inside a URI (tracking.uri, a shard set's URI)
-        return value
-
-    dumped = job.model_dump(mode="json")
-    scrubbed = scrub(dumped, False)
-    return job if scrubbed == dumped else JobConfig.model_validate(scrubbed)
-
-
-def hide_password(text: str) -> str:
-    """'https://me:pw@host' → 'https://me:<redacted>@host'."""
-    return _URI_PASSWORD.sub(rf"\g<1>{REDACTED}@", text)
-
-
 def job_yaml(job: JobConfig) -> str:
     return yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)
-
-
-def model_requirements() -> list[str]:
-    """Pinned requirements of the pyfunc: what `metadist.inference` imports, at this environment's versions."""
-    pins = []
-    for name in MODEL_REQUIREMENTS:
-        version = _version(name)
-        # A local build tag ("2.13.0+cpu") is not on PyPI; the public release it was built from is.
-        pins.append(f"{name}=={version.split('+')[0]}" if version != "unknown" else name)
-    return pins
 
 
 def _param_value(value: str) -> str:
@@ -478,56 +394,21 @@ def _param_value(value: str) -> str:
     return value[: MAX_PARAM_VALUE_CHARS - len(TRUNCATION_MARK)] + TRUNCATION_MARK
 
 
-def _version(distribution: str) -> str:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _local(path: str) -> str:
-    """A local path from a path or a file:// URI (MLflow uploads from local files only)."""
-    if path.startswith("file://"):
-        from urllib.parse import unquote, urlparse
-
-        return unquote(urlparse(path).path)
-    if "://" in path:
-        raise ValueError(f"{path}: not a local path; fetch remote checkpoints to a local file before logging them")
-    return path
-
-
-def _start_system_metrics(run_id: str, tracking_uri: str, *, resumed: bool):
-    """CPU/memory/disk/network (and GPU) usage as `system/*` metrics, every 10 s, when psutil is installed.
-
-    MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false turns it off; MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL tunes it.
-    """
-    if os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").strip().lower() in ("false", "0"):
-        return None
-    if importlib.util.find_spec("psutil") is None:  # MLflow's monitor needs it
-        log.debug("psutil not installed: no system metrics")
-        return None
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-    monitor = SystemMetricsMonitor(run_id, resume_logging=resumed, tracking_uri=tracking_uri)
-    monitor.start()
-    return monitor
-
-
 @contextlib.contextmanager
-def _process_tracking_uri(uri: str):
-    """Set MLflow's process-wide tracking URI for the block, then restore it (and $MLFLOW_TRACKING_URI) exactly."""
-    import mlflow
-    from mlflow.tracking._tracking_service import utils as uri_utils
+def local_copy(uri: str) -> Iterator[str]:
+    """A local path to the checkpoint at `uri` for the block: the path itself for a local file or file:// URI;
+    otherwise (s3:// ...) a copy fetched into a temporary folder, removed when the block ends. MLflow uploads only
+    from local files."""
+    if uri.startswith("file://") or "://" not in uri:
+        yield unquote(urlparse(uri).path) if uri.startswith("file://") else uri
+        return
+    from metadist.data.uri import filesystem
 
-    with _GLOBAL_URI_LOCK:
-        before_global = uri_utils._tracking_uri
-        before_env = os.environ.get(TRACKING_URI_ENV)
-        mlflow.set_tracking_uri(uri)
-        try:
-            yield
-        finally:
-            mlflow.set_tracking_uri(before_global)
-            if before_env is None:
-                os.environ.pop(TRACKING_URI_ENV, None)
-            else:
-                os.environ[TRACKING_URI_ENV] = before_env
+    fs, remote = filesystem(uri)
+    with tempfile.TemporaryDirectory(prefix="metadist-ckpt-") as tmp:
+        local = str(Path(tmp) / remote.rstrip("/").rsplit("/", 1)[-1])
+        if fs.exists(remote):
+            fs.get(remote, local, recursive=fs.isdir(remote))
+        yield local
+
+

@@ -98,7 +98,7 @@ def _rows(model_input: Any) -> list[dict]:
     return rows
 
 
-class FewShotPyfunc(mlflow.pyfunc.PythonModel):
+class FewShotPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]  # mlflow.pyfunc re-exports it lazily
     """Adapts the meta-trained checkpoint (artifact "checkpoint") to each row's support set, then classifies."""
 
     def load_context(self, context) -> None:

@@ -14,6 +14,7 @@ import uuid
 from importlib import resources
 from pathlib import Path
 
+from metadist.config import SMALL2_NEW_ALPHABETS  # noqa: F401  (re-exported: the development protocol's test alphabets)
 from metadist.data import schema
 from metadist.data.importers.omniglot import MAML_PREPROCESSING, import_omniglot
 from metadist.errors import ShardError
@@ -23,8 +24,6 @@ BUNDLED_ZIPS = {
     "omniglot-small1": "omniglot/images_background_small1.zip",
     "omniglot-small2": "omniglot/images_background_small2.zip",
 }
-# small2's alphabets absent from small1: the development protocol's meta-test classes.
-SMALL2_NEW_ALPHABETS = ("Japanese_(katakana)", "Sanskrit", "Tagalog")
 
 
 def cache_dir() -> Path:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import posixpath
 import threading
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from metadist.data.uri import filesystem
 from metadist.errors import DataImportError

@@ -1,20 +1,48 @@
-"""The one typed configuration model. Defaults are written here once, each with the reason for it.
+"""The job model: every setting of a meta-training job, typed and validated, each default written once with its why.
 
-Job files (YAML) are parsed into these models; the resolved configuration is printed into every run and saved
-in every checkpoint. Library code takes these models (or their fields) and holds no defaults of its own.
+Job files (YAML) are parsed into these models (metadist.config.loading); the resolved configuration is printed into
+every run and saved in every checkpoint. Library code takes these models (or their fields) and holds no defaults of
+its own.
 """
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# Choice fields are Literals: pydantic names the field and lists the allowed values when a job file gets one wrong.
+RegressionFamily = Literal["sinusoid", "linear"]
+ModelName = Literal["conv4", "mlp"]
+Downsample = Literal["stride", "maxpool"]
+BatchNormMode = Literal["transductive", "none"]
+Pooling = Literal["flatten", "mean"]
+AlgorithmName = Literal["maml", "fomaml", "reptile", "model_averaging", "anil", "metasgd", "protonet", "matching", "siamese"]
+OptimizerName = Literal["adam", "sgd"]
+ScheduleName = Literal["constant", "cosine"]
+DistributedMode = Literal["sync", "async"]
+StalePolicy = Literal["drop", "downweight"]
 
-class _Strict(BaseModel):
+ALGORITHMS: tuple[str, ...] = get_args(AlgorithmName)
+# The metric learners embed only: their model has no classification head and they adapt no weights.
+METRIC_ALGORITHMS: tuple[str, ...] = ("protonet", "matching", "siamese")
+DISTRIBUTED_MODES: tuple[str, ...] = get_args(DistributedMode)
+STALE_POLICIES: tuple[str, ...] = get_args(StalePolicy)
+# Where checkpoints go when checkpoint.uri is unset ({name}: the job's name).
+DEFAULT_CHECKPOINT_DIR = "outputs/{name}/checkpoints"
+# The development protocol: meta-train on the bundled small1 background set, measure on the 106 characters of
+# the three alphabets that only small2 has (Lake et al.'s "minimal" splits).
+SMALL2_NEW_ALPHABETS: tuple[str, ...] = ("Japanese_(katakana)", "Sanskrit", "Tagalog")
+
+
+class StrictModel(BaseModel):
+    """A settings model that refuses unknown keys and is immutable once validated."""
+
     # A misspelled key is an error that names it, never a silently ignored setting.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class AffineJitterConfig(_Strict):
+class AffineJitterConfig(StrictModel):
     """Augmentation: a random affine warp of each training example (the variation between two people's drawings
     of one character: slant, size, skew). Each amount is a ± range drawn uniformly per example; all 0 = off."""
 
@@ -27,7 +55,7 @@ class AffineJitterConfig(_Strict):
         return bool(self.degrees or self.scale or self.shear)
 
 
-class EpisodeConfig(_Strict):
+class EpisodeConfig(StrictModel):
     """The shape of one few-shot classification episode (N-way K-shot, Q queries per class)."""
 
     ways: int = Field(5, ge=1, description="classes per episode (N); 5 and 20 are the Omniglot benchmarks")
@@ -51,7 +79,7 @@ class EpisodeConfig(_Strict):
     )
 
 
-class SplitConfig(_Strict):
+class SplitConfig(StrictModel):
     """Which classes of a shard set an episode may draw from."""
 
     groups: list[str] | None = Field(None, description="keep only these groups (alphabets, domains ...); None keeps all")
@@ -59,73 +87,55 @@ class SplitConfig(_Strict):
     classes: list[str] | None = Field(None, description="keep only these class names; None keeps all")
 
 
-class TaskSourceConfig(_Strict):
+# Per-process limits of reading a shard set; the data layer's own defaults are these.
+DEFAULT_CACHE_MB = 512.0  # decoded-class cache; all of Omniglot at 28×28 needs about 26 MB
+DEFAULT_MAX_OPEN_SHARDS = 8  # shard files kept open; bounds memory maps
+
+
+class TaskSourceConfig(StrictModel):
     """A shard set and the class split to sample from it."""
 
     uri: str = Field(description="shard set URI (local path, file://, memory://, s3:// ...) or bundled://NAME")
     split: SplitConfig = Field(default_factory=SplitConfig)
-    cache_mb: float = Field(
-        512, gt=0, description="decoded-class cache per process; all of Omniglot at 28×28 needs about 26 MB"
-    )
-    max_open_shards: int = Field(8, ge=1, description="shard files kept open per process; bounds memory maps")
+    cache_mb: float = Field(DEFAULT_CACHE_MB, gt=0, description="decoded-class cache per process (MB)")
+    max_open_shards: int = Field(DEFAULT_MAX_OPEN_SHARDS, ge=1, description="shard files kept open per process")
     storage_options: dict = Field(default_factory=dict, description="fsspec options (endpoint_url, key ...)")
 
 
-class RegressionConfig(_Strict):
+class RegressionConfig(StrictModel):
     """A generated regression task family, sampled on the fly (no shards)."""
 
-    family: str = Field("sinusoid", description="'sinusoid' (MAML's) or 'linear'")
+    family: RegressionFamily = Field("sinusoid", description="'sinusoid' (MAML's) or 'linear'")
     shots: int = Field(5, ge=1, description="support points per task (K); the MAML paper reports K = 5, 10")
     queries: int = Field(10, ge=1, description="query points per task")
 
-    @model_validator(mode="after")
-    def _known_family(self) -> "RegressionConfig":
-        from metadist.data.regression import FAMILIES
-
-        if self.family not in FAMILIES:
-            raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {self.family!r}")
-        return self
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     """The network: conv-4 for images, the 2×40 MLP for regression."""
 
-    name: str = Field("conv4", description="'conv4' (images) or 'mlp' (regression)")
+    name: ModelName = Field("conv4", description="'conv4' (images) or 'mlp' (regression)")
     hidden: int | None = Field(
         None, ge=1, description="conv-4 filters / MLP width; None = the literature's (64 at 28×28, 32 at 84×84, 40 for the MLP)"
     )
-    downsample: str | None = Field(
+    downsample: Downsample | None = Field(
         None, description="conv4: 'stride' or 'maxpool'; None = the MAML code's (stride at ≤ 32 px, max-pool above)"
     )
-    batch_norm: str = Field(
+    batch_norm: BatchNormMode = Field(
         "transductive",
         description="'transductive' (batch statistics at train and test, as in the MAML papers) or 'none'",
     )
-    pool: str = Field(
+    pool: Pooling = Field(
         "flatten", description="conv4: the head reads the last feature map 'flatten'ed (MAML paper) or its 'mean' over "
         "positions (the MAML reference code, learn2learn's OmniglotCNN)",
     )
 
-    @model_validator(mode="after")
-    def _known(self) -> "ModelConfig":
-        if self.name not in ("conv4", "mlp"):
-            raise ValueError(f"name must be 'conv4' or 'mlp', got {self.name!r}")
-        if self.downsample not in (None, "stride", "maxpool"):
-            raise ValueError(f"downsample must be 'stride' or 'maxpool', got {self.downsample!r}")
-        if self.batch_norm not in ("transductive", "none"):
-            raise ValueError(f"batch_norm must be 'transductive' or 'none', got {self.batch_norm!r}")
-        if self.pool not in ("flatten", "mean"):
-            raise ValueError(f"pool must be 'flatten' or 'mean', got {self.pool!r}")
-        return self
 
 
-ALGORITHMS = ("maml", "fomaml", "reptile", "model_averaging", "anil", "metasgd", "protonet", "matching", "siamese")
-
-
-class AlgorithmConfig(_Strict):
+class AlgorithmConfig(StrictModel):
     """The meta-learning algorithm and its inner loop (ignored by the metric learners, which do not adapt weights)."""
 
-    name: str = Field("maml", description=f"one of {ALGORITHMS}")
+    name: AlgorithmName = Field("maml", description=f"one of {ALGORITHMS}")
     inner_lr: float = Field(0.4, gt=0, description="inner SGD step; 0.4 is MAML's Omniglot value (0.01 for sinusoids)")
     inner_steps: int = Field(1, ge=1, description="inner steps while meta-training; MAML uses 1 on 5-way Omniglot")
     eval_inner_steps: int = Field(3, ge=0, description="inner steps at evaluation; MAML evaluates Omniglot with 3")
@@ -135,38 +145,27 @@ class AlgorithmConfig(_Strict):
         "change); None = 8 on CPU (fewer for second order with several inner steps), the whole meta-batch on GPU",
     )
 
-    @model_validator(mode="after")
-    def _known(self) -> "AlgorithmConfig":
-        if self.name not in ALGORITHMS:
-            raise ValueError(f"name must be one of {ALGORITHMS}, got {self.name!r}")
-        return self
+    @property
+    def is_metric(self) -> bool:
+        """A metric learner (ProtoNet, Matching, Siamese): embeds only, adapts no weights."""
+        return self.name in METRIC_ALGORITHMS
 
 
-class OptimizerConfig(_Strict):
+class OptimizerConfig(StrictModel):
     """The outer (meta) optimizer, applied to the mean of the workers' updates."""
 
-    name: str = Field("adam", description="'adam' (MAML's choice) or 'sgd'")
+    name: OptimizerName = Field("adam", description="'adam' (MAML's choice) or 'sgd'")
     lr: float = Field(1e-3, gt=0, description="outer step; MAML uses Adam at 1e-3 on Omniglot")
-    schedule: str = Field("constant", description="'constant' or 'cosine' (to 0 over the run's steps)")
+    schedule: ScheduleName = Field("constant", description="'constant' or 'cosine' (to 0 over the run's steps)")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps before the schedule")
     clip_norm: float | None = Field(10.0, gt=0, description="clip the update's global L2 norm; None disables")
 
-    @model_validator(mode="after")
-    def _known(self) -> "OptimizerConfig":
-        if self.name not in ("adam", "sgd"):
-            raise ValueError(f"name must be 'adam' or 'sgd', got {self.name!r}")
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
-        return self
 
 
 # -- the job ---------------------------------------------------------------------------------------------------
-# The development protocol: meta-train on the bundled small1 background set, measure on the 106 characters of
-# the three alphabets that only small2 has (Lake et al.'s "minimal" splits).
-_DEV_TEST_GROUPS = ["Japanese_(katakana)", "Sanskrit", "Tagalog"]
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     """Where tasks come from: shard sets for classification, or a generated family for regression."""
 
     train: TaskSourceConfig | None = Field(
@@ -175,7 +174,7 @@ class DataConfig(_Strict):
     )
     test: TaskSourceConfig | None = Field(
         default_factory=lambda: TaskSourceConfig(
-            uri="bundled://omniglot-small2", split=SplitConfig(groups=list(_DEV_TEST_GROUPS))
+            uri="bundled://omniglot-small2", split=SplitConfig(groups=list(SMALL2_NEW_ALPHABETS))
         ),
         description="held-out tasks for evaluation during and after training (classes never seen in training)",
     )
@@ -207,7 +206,7 @@ class DataConfig(_Strict):
         return self
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     """The outer loop: how long, how many tasks per step, where it runs, how often it reports."""
 
     steps: int = Field(400, ge=1, description="outer steps; 400 × 32 tasks take MAML to ~85% on the held-out alphabets (a few minutes on a CPU)")
@@ -228,15 +227,15 @@ class TrainConfig(_Strict):
         return self
 
 
-class CheckpointConfig(_Strict):
+class CheckpointConfig(StrictModel):
     """Self-describing checkpoints written through fsspec (safetensors + JSON; never pickle)."""
 
-    uri: str | None = Field(None, description="directory URI; None = outputs/<job name>/checkpoints")
+    uri: str | None = Field(None, description=f"directory URI; None = {DEFAULT_CHECKPOINT_DIR.format(name='<job name>')}")
     every: int = Field(200, ge=0, description="save every N outer steps (0: only at the end)")
     keep: int = Field(3, ge=1, description="periodic checkpoints kept (the final one is always kept)")
 
 
-class TrackingConfig(_Strict):
+class TrackingConfig(StrictModel):
     """MLflow tracking. The URI comes from here, else MLFLOW_TRACKING_URI, else a local store."""
 
     enabled: bool = Field(True, description="record the run in MLflow")
@@ -247,11 +246,7 @@ class TrackingConfig(_Strict):
     log_model: bool = Field(True, description="log the final model as an MLflow pyfunc that adapts and predicts")
 
 
-DISTRIBUTED_MODES = ("sync", "async")
-STALE_POLICIES = ("drop", "downweight")
-
-
-class DistributedConfig(_Strict):
+class DistributedConfig(StrictModel):
     """Meta-training on Ray: task workers (actors that each own a GPU) and a parameter-server actor.
 
     `workers: 0` keeps the in-process local trainer; `metadist train --workers N` sets it from the command line.
@@ -268,7 +263,7 @@ class DistributedConfig(_Strict):
         description="sync: contiguous task ranges each meta-batch is cut into; None = workers. Slices are summed in "
         "their order whoever computes them, so a run gives the same bits at any worker count and through failures",
     )
-    mode: str = Field(
+    mode: DistributedMode = Field(
         "sync",
         description="'sync': every outer step waits for its whole meta-batch (equals the local trainer); 'async': each "
         "worker computes whole steps on the newest parameters it has and the server applies them as they arrive",
@@ -278,7 +273,7 @@ class DistributedConfig(_Strict):
         description="async: S, the most versions an update's parameters may lag the server's; with W workers "
         "about W-1 lag is normal, so S = W-1 drops little",
     )
-    stale_policy: str = Field(
+    stale_policy: StalePolicy = Field(
         "drop",
         description="async, an update staler than S: 'drop' (its step is recomputed on fresh parameters) or "
         "'downweight' (applied scaled by 1/(1 + staleness - S))",
@@ -308,10 +303,6 @@ class DistributedConfig(_Strict):
 
     @model_validator(mode="after")
     def _known(self) -> "DistributedConfig":
-        if self.mode not in DISTRIBUTED_MODES:
-            raise ValueError(f"mode must be one of {DISTRIBUTED_MODES}, got {self.mode!r}")
-        if self.stale_policy not in STALE_POLICIES:
-            raise ValueError(f"stale_policy must be one of {STALE_POLICIES}, got {self.stale_policy!r}")
         if self.min_workers is not None and self.min_workers > max(self.workers, 1):
             raise ValueError(f"min_workers = {self.min_workers} exceeds workers = {self.workers}")
         return self
@@ -321,7 +312,7 @@ class DistributedConfig(_Strict):
         return self.slices or max(self.workers, 1)
 
 
-class JobConfig(_Strict):
+class JobConfig(StrictModel):
     """One meta-training job: everything `metadist train` needs, printed into every run and checkpoint."""
 
     name: str = Field("omniglot-5way-1shot", description="job name (run name, output directory)")
@@ -336,7 +327,7 @@ class JobConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "JobConfig":
-        metric = self.algorithm.name in ("protonet", "matching", "siamese")
+        metric = self.algorithm.is_metric
         if self.data.kind == "regression":
             if metric:
                 raise ValueError(f"algorithm.name {self.algorithm.name!r} is a classifier; regression needs a weight-adapting algorithm")
@@ -359,6 +350,10 @@ class JobConfig(_Strict):
             )
         return self
 
+    def checkpoint_dir(self) -> str:
+        """Where this job's checkpoints go: checkpoint.uri, else the default folder named after the job."""
+        return self.checkpoint.uri or DEFAULT_CHECKPOINT_DIR.format(name=self.name)
+
     def flat(self) -> dict[str, str]:
         """Dotted key → value for every setting (MLflow params)."""
         out: dict[str, str] = {}
@@ -372,32 +367,3 @@ class JobConfig(_Strict):
 
         walk("", self.model_dump(mode="json"))
         return out
-
-
-def load_job(path: str | None) -> JobConfig:
-    """The job in a YAML file (any fsspec URI), or the embedded default when path is None."""
-    if path is None:
-        return JobConfig()
-    import fsspec
-    import yaml
-
-    from metadist.errors import ConfigError
-
-    try:
-        with fsspec.open(path, "r") as f:
-            raw = yaml.safe_load(f)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: no such job file") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a job file is a mapping of sections (data, model, algorithm ...), got {type(raw).__name__}")
-    from pydantic import ValidationError
-
-    try:
-        return JobConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<top>'}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{path}: {problems}") from exc

@@ -1,4 +1,4 @@
-"""Self-describing checkpoints: one safetensors file per save, written through fsspec; loading runs no pickle.
+"""The checkpoint format: one self-describing safetensors file per save, written through fsspec; loading runs no pickle.
 
 A checkpoint holds everything needed to resume a run exactly or to use the model alone:
   tensors   "params.<name>"              the meta-parameters
@@ -6,9 +6,11 @@ A checkpoint holds everything needed to resume a run exactly or to use the model
   metadata  "format"                     FORMAT, checked on load
             "job"                        the resolved JobConfig (JSON)
             "model_spec"                 input shape, head size, preprocessing (JSON)
-            "step"                       outer steps applied
-            "trainer"                    optimizer hyper-state, sampler state, counters, MLflow run id (JSON)
+            "step"                       outer steps taken
+            "optimizer"                  the optimizer's hyper-state (JSON)
+            "trainer"                    the outer optimizer's counters and the loop's state (`LoopState`, JSON)
 Files are named step-<8 digits>.safetensors inside the job's checkpoint directory; the newest is the highest step.
+In memory a checkpoint is typed: the outer optimizer's state is an `OuterState`, the loop's a `LoopState`.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from metadist.algorithms.functional import Params
+from metadist.algorithms.outer import OuterState
 from metadist.config import JobConfig
+from metadist.core.spec import ModelSpec
 from metadist.data.uri import filesystem
 from metadist.errors import CheckpointError
-from metadist.training.tasks import ModelSpec
 
 FORMAT = "metadist-checkpoint/1"
 SUFFIX = ".safetensors"
@@ -36,13 +39,42 @@ NAME = re.compile(r"^step-(\d{8})\.safetensors$")
 
 
 @dataclass
+class LoopState:
+    """The training loop's part of a checkpoint. Episodes are f(seed, step, task), so the sampler's whole state is
+    the job's seed and the step to sample next (the checkpoint's `step`)."""
+
+    elapsed_s: float = 0.0  # training time of every session of the run so far (time budgets span resumes)
+    mlflow_run_id: str | None = None  # the run a resumed session goes on logging into
+    history: list[dict] = field(default_factory=list)  # every logged line: the learning curve
+
+    def to_json(self, seed: int, next_step: int) -> dict:
+        return {"sampler": {"seed": seed, "next_step": next_step}, "elapsed_s": self.elapsed_s,
+                "mlflow_run_id": self.mlflow_run_id, "history": self.history}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "LoopState":
+        return cls(float(d.get("elapsed_s", 0.0)), d.get("mlflow_run_id"), list(d.get("history", [])))
+
+
+@dataclass
 class Checkpoint:
     job: JobConfig
     model_spec: ModelSpec
-    step: int
+    step: int  # outer steps taken (applied or skipped): the next step to sample
     meta_params: Params
-    optimizer: dict | None = None  # torch.optim state_dict of the outer optimizer
-    trainer: dict = field(default_factory=dict)  # JSON-able: sampler state, counters, elapsed time, run id
+    optimizer: dict | None = None  # torch.optim state_dict of the outer optimizer (None: a fixed-step learner)
+    applied_steps: int = 0
+    skipped_updates: int = 0
+    loop: LoopState = field(default_factory=LoopState)
+
+    @classmethod
+    def of_run(cls, job: JobConfig, spec: ModelSpec, step: int, outer: OuterState, loop: LoopState) -> "Checkpoint":
+        """The checkpoint of a run at `step`: the outer optimizer's state and the loop's. The local trainer and the
+        parameter server both write through this, so either's checkpoints resume the other."""
+        return cls(job, spec, step, outer.params, outer.optimizer, outer.step_count, outer.skipped, loop)
+
+    def outer_state(self) -> OuterState:
+        return OuterState(self.meta_params, self.optimizer, self.applied_steps, self.skipped_updates)
 
 
 def checkpoint_name(step: int) -> str:
@@ -72,7 +104,8 @@ def to_bytes(ckpt: Checkpoint) -> bytes:
         "step": str(ckpt.step),
         "param_names": json.dumps(list(ckpt.meta_params)),  # keeps the order the optimizer indexes by
         "optimizer": json.dumps(optimizer_meta),
-        "trainer": json.dumps(ckpt.trainer),
+        "trainer": json.dumps({"applied_steps": ckpt.applied_steps, "skipped_updates": ckpt.skipped_updates,
+                               **ckpt.loop.to_json(ckpt.job.train.seed, ckpt.step)}),
     }
     return st_save(tensors, metadata=metadata)
 
@@ -99,7 +132,9 @@ def from_bytes(data: bytes, where: str) -> Checkpoint:
                 for index, entries in optimizer_meta["state"].items()
             }
             optimizer = {"state": state, "param_groups": optimizer_meta["param_groups"]}
-        return Checkpoint(job, spec, int(metadata["step"]), params, optimizer, json.loads(metadata["trainer"]))
+        trainer = json.loads(metadata["trainer"])
+        return Checkpoint(job, spec, int(metadata["step"]), params, optimizer, int(trainer.get("applied_steps", 0)),
+                          int(trainer.get("skipped_updates", 0)), LoopState.from_json(trainer))
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{where}: damaged metadist checkpoint ({type(exc).__name__}: {exc})") from exc
 
@@ -133,6 +168,13 @@ def load(uri: str, *, storage_options: dict | None = None) -> Checkpoint:
         raise CheckpointError(f"{uri}: no such checkpoint")
     with fs.open(path, "rb") as f:
         return from_bytes(f.read(), uri)
+
+
+def save_and_prune(ckpt: Checkpoint, directory: str, keep: int) -> str:
+    """Write `ckpt` into `directory` (any fsspec URI), keep the newest `keep` there; returns its URI."""
+    uri = save(ckpt, directory)
+    prune(directory, keep)
+    return uri
 
 
 def list_checkpoints(directory: str, *, storage_options: dict | None = None) -> list[tuple[int, str]]:

@@ -1,0 +1,7 @@
+"""What every trainer, evaluator and server builds from a job: its task samplers, the model spec and builder, and the checkpoint format."""
+
+from metadist.core.checkpoint import Checkpoint, LoopState
+from metadist.core.spec import ModelSpec, build, model_spec, resolve_device
+from metadist.core.tasks import make_sampler, open_shards, task_indices
+
+__all__ = ["Checkpoint", "LoopState", "ModelSpec", "build", "make_sampler", "model_spec", "open_shards", "resolve_device", "task_indices"]

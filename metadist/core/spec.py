@@ -1,0 +1,68 @@
+"""What a model is built for (`ModelSpec`, recorded in every checkpoint) and how a job's model and learner are built.
+
+The local trainer, the workers, the parameter server, `eval`, `predict` and `serve` build them the same way, so a
+checkpoint written by one is understood by the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from metadist.algorithms import build_learner
+from metadist.algorithms.base import MetaLearner
+from metadist.config import JobConfig
+from metadist.core.tasks import open_shards
+from metadist.data import EpisodeSampler, RegressionSampler
+from metadist.models import build_model
+
+# Regression inputs are scalars; outputs are one value per point.
+REGRESSION_SHAPE = (1,)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What building the network needs besides the configuration: recorded in every checkpoint."""
+
+    kind: str  # "classification" | "regression"
+    input_shape: tuple[int, ...]  # [C, H, W] or [features]
+    outputs: int | None  # ways of the classification head, 1 for regression, None for embedding learners
+    preprocessing: dict | None  # metadist.data.ImagePreprocessing of the training shards (None for regression)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "input_shape": list(self.input_shape), "outputs": self.outputs, "preprocessing": self.preprocessing}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        return cls(d["kind"], tuple(d["input_shape"]), d["outputs"], d["preprocessing"])
+
+
+def model_spec(job: JobConfig, train_sampler: EpisodeSampler | RegressionSampler | None = None) -> ModelSpec:
+    """What the job's model is built for: the training shards' example shape and preprocessing, the head's size."""
+    if job.data.regression is not None:
+        return ModelSpec("regression", REGRESSION_SHAPE, 1, None)
+    if isinstance(train_sampler, EpisodeSampler):
+        shards = train_sampler.shards
+    else:
+        assert job.data.train is not None  # validated: a classification job names its training shards
+        shards = open_shards(job.data.train)
+    outputs = None if job.algorithm.is_metric else job.data.episode.ways
+    return ModelSpec("classification", tuple(shards.manifest.example_shape), outputs, shards.manifest.preprocessing)
+
+
+def build(job: JobConfig, spec: ModelSpec, *, seed: int | None = None) -> tuple[torch.nn.Module, MetaLearner]:
+    """The model template and its learner. Initial weights depend only on the seed."""
+    torch.manual_seed(job.train.seed if seed is None else seed)
+    model = build_model(job.model, input_shape=spec.input_shape, outputs=spec.outputs)
+    return model, build_learner(job.algorithm, model, spec.kind)
+
+
+def resolve_device(name: str) -> torch.device:
+    """train.device as a torch device: 'auto' is CUDA when torch sees a GPU, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device is {name!r} but torch sees no CUDA device; use 'auto' or 'cpu'")
+    return device

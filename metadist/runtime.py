@@ -1,0 +1,44 @@
+"""Process-wide settings made once when a metadist process starts (the CLI, a task worker, the parameter server).
+
+The learning maths holds no process state; what a process as a whole should do, it is told here, once.
+
+The C heap. glibc's malloc returns large freed blocks to the OS, so each training step's activations (megabytes per
+tensor) come back as fresh pages: a page fault and a page of zeroing per 4 KB. Measured before this setting was
+made at start-up for every learner (bench/process_faults.py, docs/benchmarks.md): ProtoNet 20-way spent 41% of its
+CPU time in the kernel, about 250,000 minor faults a step. mallopt keeps blocks up to 32 MiB (glibc's ceiling) on the
+heap and the heap untrimmed below 1 GiB; resident memory then stays at its peak instead of breathing every step.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import platform
+import sys
+
+log = logging.getLogger(__name__)
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
+MMAP_THRESHOLD_BYTES = 32 << 20
+TRIM_THRESHOLD_BYTES = 1 << 30
+
+
+@functools.cache
+def retain_freed_memory() -> bool:
+    """Have this process's C heap keep freed memory for reuse (glibc only; once per process). True if applied."""
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    applied = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    log.debug("C heap keeps freed memory: %s", applied)
+    return applied
+
+
+def configure_process(threads: int | None = None) -> None:
+    """What every metadist process does first: the allocator setting, and torch's intra-op threads when given."""
+    retain_freed_memory()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)

@@ -1,0 +1,288 @@
+"""The outer loop every trainer shares: `Trainer`, composed of a step source (where outer steps are computed and
+applied) and a tracker (where the run is recorded).
+
+The loop reads in the order it runs: take the next outer step from the source (it samples the tasks, computes the
+update with the learner's pure step function and applies it with the outer optimizer) → log → evaluate →
+checkpoint. Episodes are a function of (seed, step, task index) and checkpoints hold the optimizer state and the
+next step, so a resumed run continues exactly where the interrupted one stopped. Logging, evaluation, checkpoints,
+time budgets, resume and MLflow are written once, here; `LocalSteps` (this process) and
+`metadist.distributed.DistributedSteps` (Ray task workers and a parameter server) are the two step sources.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from metadist.algorithms.base import MetaLearner
+from metadist.algorithms.functional import Params
+from metadist.algorithms.outer import OuterState, StepResult
+from metadist.config import JobConfig, TrainConfig
+from metadist.core import checkpoint as ckpt_io
+from metadist.core.checkpoint import Checkpoint, LoopState
+from metadist.core.spec import ModelSpec
+from metadist.core.tasks import make_test_sampler
+from metadist.errors import CheckpointError
+from metadist.training.evaluation import Estimate, evaluate
+from metadist.training.progress import MetricsWindow, ProgressDisplay
+
+if TYPE_CHECKING:
+    from metadist.tracking import Tracker
+
+log = logging.getLogger("metadist.training")
+
+# Settings a resumed run must share with the checkpoint it resumes, or it would not continue the same run.
+RESUME_MUST_MATCH = ("data", "model", "algorithm", "optimizer", "train.seed", "train.meta_batch", "train.steps")
+
+
+def is_log_step(steps_taken: int, train: TrainConfig) -> bool:
+    """Whether the loop logs after `steps_taken` outer steps (a time budget may also end, and log, a run earlier).
+    Step sources ask this to compute before-adaptation metrics only for the steps that are logged."""
+    return steps_taken % train.log_every == 0 or steps_taken == train.steps
+
+
+def resume_mismatches(saved: JobConfig, job: JobConfig) -> list[str]:
+    a, b = saved.flat(), job.flat()
+    return sorted(k for k in set(a) | set(b) if k.startswith(RESUME_MUST_MATCH) and a.get(k) != b.get(k))
+
+
+@dataclass
+class TrainResult:
+    checkpoint_uri: str  # the final checkpoint
+    steps: int  # outer steps taken (sampled), including any skipped update
+    applied_steps: int
+    skipped_updates: int
+    test: dict[str, Estimate]  # final held-out evaluation
+    run_id: str | None  # MLflow run
+    history: list[dict] = field(default_factory=list)
+    stopped_by_time_budget: bool = False
+    train_time_s: float = 0.0
+
+
+@dataclass
+class StepOutcome:
+    """One outer step as the loop sees it, whoever computed and applied it."""
+
+    metrics: dict[str, float]  # the update's metric sums over its tasks (Update.metrics)
+    num_tasks: int
+    result: StepResult  # what the outer optimizer did with it
+    # Query metrics of the meta-parameters before adaptation (means over tasks): a dict, or a function that
+    # computes them, called only on steps that are logged; None when the step source did not compute them.
+    before: dict[str, float] | Callable[[], dict[str, float]] | None = None
+
+    def before_metrics(self) -> dict[str, float]:
+        return (self.before() if callable(self.before) else self.before) or {}
+
+
+class StepSource(ABC):
+    """Where outer steps come from: it computes and applies them, and holds the outer optimizer (or reaches it).
+
+    `device`, `learner` and `spec` are what the loop evaluates the meta-parameters with.
+    """
+
+    job: JobConfig
+    device: torch.device
+    learner: MetaLearner
+    spec: ModelSpec
+
+    @abstractmethod
+    def steps(self, start: int) -> Generator[StepOutcome, None, None]:
+        """Compute and apply outer steps start, start + 1, ... up to train.steps, yielding one outcome each. The loop
+        closes the generator when it stops early (time budget, error), so a `finally` in it releases what it holds."""
+
+    @abstractmethod
+    def meta_params(self) -> Params:
+        """The current meta-parameters, detached, on self.device."""
+
+    @abstractmethod
+    def outer_state(self) -> OuterState:
+        """The outer optimizer's state, wherever it lives."""
+
+    @abstractmethod
+    def load_outer_state(self, state: OuterState) -> None:
+        """Put `state` into the outer optimizer, wherever it lives."""
+
+    @property
+    @abstractmethod
+    def applied_steps(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def skipped_updates(self) -> int: ...
+
+    def start(self) -> None:  # noqa: B027 - a hook: the local source acquires nothing
+        """Acquire what computing steps needs (workers ...); called once, when the run starts."""
+
+    def close(self) -> None:  # noqa: B027 - a hook: the local source releases nothing
+        """Release what `start` acquired; called once, when the run ends, whatever the outcome."""
+
+    def save_checkpoint(self, step: int, loop: LoopState, directory: str, keep: int) -> str:
+        """Write the run's checkpoint at `step` into `directory`, keep the newest `keep` there; its URI. A source
+        whose optimizer lives elsewhere (the parameter server) has it written there instead of fetching its state."""
+        ckpt = Checkpoint.of_run(self.job, self.spec, step, self.outer_state(), loop)
+        return ckpt_io.save_and_prune(ckpt, directory, keep)
+
+    def log_extras(self) -> dict[str, float]:
+        """Metrics of the step source itself (workers, staleness ...), added to every training log line."""
+        return {}
+
+
+class Trainer:
+    """The outer loop over a step source. `run()` trains, checkpoints, evaluates and records the run."""
+
+    def __init__(self, job: JobConfig, source: StepSource, *, resume: str | bool = False, progress: bool = True) -> None:
+        """resume: False; True = the newest checkpoint in the job's checkpoint directory; or a checkpoint URI."""
+        self.job = job
+        self.source = source
+        self.progress = progress
+        self.test_sampler = make_test_sampler(job, progress=progress)
+        self.step = 0  # outer steps taken = the next sampler step
+        self.loop_state = LoopState()
+        if resume:
+            self._restore(job.checkpoint_dir() if resume is True else resume)
+
+    # -- what the source holds -------------------------------------------------------------------------------------
+    @property
+    def learner(self) -> MetaLearner:
+        return self.source.learner
+
+    @property
+    def history(self) -> list[dict]:
+        return self.loop_state.history
+
+    @property
+    def run_id(self) -> str | None:
+        return self.loop_state.mlflow_run_id
+
+    def meta_params(self) -> Params:
+        return self.source.meta_params()
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+    def _restore(self, uri: str) -> None:
+        saved = ckpt_io.load(uri)
+        wrong = resume_mismatches(saved.job, self.job)
+        if wrong:
+            raise CheckpointError(f"{uri}: cannot resume this job from it; these settings differ: {', '.join(wrong)}")
+        self.source.load_outer_state(saved.outer_state())
+        self.step = saved.step
+        self.loop_state = saved.loop
+        log.info("resumed %s at step %d", uri, self.step)
+
+    def save_checkpoint(self) -> str:
+        return self.source.save_checkpoint(self.step, self.loop_state, self.job.checkpoint_dir(), self.job.checkpoint.keep)
+
+    # -- metrics ---------------------------------------------------------------------------------------------------
+    def evaluate(self, episodes: int, progress: bool = False) -> dict[str, Estimate]:
+        if self.test_sampler is None:
+            return {}
+        return evaluate(
+            self.learner, self.source.meta_params(), self.test_sampler,
+            episodes=episodes, batch_size=self.job.train.meta_batch, device=self.source.device, progress=progress,
+        )
+
+    # -- the loop ----------------------------------------------------------------------------------------------------
+    def run(self, tracker: Tracker | None = None) -> TrainResult:
+        job = self.job
+        if tracker is None:
+            from metadist.tracking import open_tracker
+
+            tracker = open_tracker(job.tracking, job_name=job.name)
+        try:
+            self.source.start()
+            tracker.start(job, resume_run_id=self.run_id)
+            self.loop_state.mlflow_run_id = tracker.run_id
+            try:
+                result = self._loop(tracker)
+            except KeyboardInterrupt:
+                log.warning("interrupted at step %d; saved %s (resume with --resume)", self.step, self.save_checkpoint())
+                _end_quietly(tracker, "KILLED")
+                raise
+            except BaseException:
+                _end_quietly(tracker, "FAILED")  # the training error is the one to see, not a tracking one after it
+                raise
+            tracker.end("FINISHED")
+            return result
+        finally:
+            self.source.close()
+
+    def _loop(self, tracker: Tracker) -> TrainResult:
+        job, train = self.job, self.job.train
+        budget_s = train.time_budget_s
+        stopped_by_budget = False
+        display = ProgressDisplay(name=job.name, total=train.steps, initial=self.step, enabled=self.progress)
+        window = MetricsWindow()
+        clock = time.perf_counter()
+        steps = self.source.steps(self.step)
+        try:
+            for outcome in steps:
+                self.step += 1
+                window.add(outcome.metrics, outcome.num_tasks)
+                display.advance()
+                now = time.perf_counter()
+                self.loop_state.elapsed_s += now - clock  # survives resumes, for time budgets
+                clock = now
+                stopped_by_budget = budget_s is not None and self.loop_state.elapsed_s >= budget_s
+                last = self.step == train.steps or stopped_by_budget
+
+                if is_log_step(self.step, train) or last:
+                    metrics = window.close(outcome.result, self.source.skipped_updates)
+                    metrics.update(outcome.before_metrics())
+                    metrics.update(self.source.log_extras())
+                    self._record(tracker, display, metrics, "")
+
+                if train.eval_every and self.step % train.eval_every == 0 and not last:
+                    held_out = {f"val_{k}": e.mean for k, e in self.evaluate(train.eval_episodes).items()}
+                    if held_out:
+                        self._record(tracker, display, held_out, "held-out ")
+                    window.restart()  # evaluation time is not training throughput
+
+                if job.checkpoint.every and self.step % job.checkpoint.every == 0 and not last:
+                    uri = self.save_checkpoint()
+                    if job.tracking.log_checkpoints:
+                        tracker.log_checkpoint(uri, step=self.step)
+                    window.restart()
+
+                if stopped_by_budget:
+                    log.info("time budget of %.0f s reached at step %d", budget_s, self.step)
+                    break
+        finally:
+            steps.close()
+            display.close()
+        return self._finish(tracker, stopped_by_budget)
+
+    def _finish(self, tracker: Tracker, stopped_by_budget: bool) -> TrainResult:
+        job, train = self.job, self.job.train
+        final_uri = self.save_checkpoint()
+        if job.tracking.log_checkpoints:
+            tracker.log_checkpoint(final_uri, step=self.step)
+        test = self.evaluate(train.final_eval_episodes, progress=self.progress)
+        summary = {f"test_{k}": e.mean for k, e in test.items()} | {f"test_{k}_ci95": e.ci95 for k, e in test.items()}
+        skipped = self.source.skipped_updates
+        summary.update(train_time_s=self.loop_state.elapsed_s, steps=float(self.step), skipped_updates=float(skipped))
+        tracker.log_summary(summary)
+        tracker.log_learning_curve(self.history)
+        if job.tracking.log_model:
+            tracker.log_model(final_uri)
+        return TrainResult(
+            checkpoint_uri=final_uri, steps=self.step, applied_steps=self.source.applied_steps, skipped_updates=skipped,
+            test=test, run_id=self.run_id, history=self.history, stopped_by_time_budget=stopped_by_budget,
+            train_time_s=self.loop_state.elapsed_s,
+        )
+
+    def _record(self, tracker: Tracker, display: ProgressDisplay, metrics: dict[str, float], label: str) -> None:
+        tracker.log_metrics(metrics, step=self.step)
+        self.history.append({"step": self.step, **metrics})
+        display.show(self.step, metrics, label)
+
+
+def _end_quietly(tracker: Tracker, status: str) -> None:
+    try:
+        tracker.end(status)
+    except Exception as exc:  # noqa: BLE001 - reported, then the original error propagates
+        log.error("could not mark the MLflow run %s: %s", status, exc)
