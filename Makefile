@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.metadist-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint test-gpu bench-data bench-train bench-quality clean
+.PHONY: setup demo test test-quick lint test-gpu bench-data bench-train bench-quality clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check metadist
 	$(BIN)/mypy
+
+# The unit tests alone, in a few minutes: nothing that starts a server, a Ray cluster, a browser or moto's S3, and
+# nothing marked slow (GPU tests stay deselected, as in every run). `make test` runs everything.
+QUICK = not cluster and not server and not browser and not s3 and not slow and not gpu
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest -m "$(QUICK)" $(PYTEST_ARGS)
 
 # On a machine with a CUDA GPU (and a CUDA build of torch: TORCH=torch): the CUDA checks of tests/test_gpu.py.
 test-gpu: $(STAMP)

@@ -17,12 +17,19 @@ Chromium start per page and per output, DOM or screenshot, and cannot say what i
 
 Loopback only. Google's background services (component updates, safe browsing, field trials, sync, search
 preconnects) are switched off by flag, and the Google endpoints that no flag switches off (the account check of
-a fresh profile, GCM check-in, the search page) are pointed at loopback; every host name but 127.0.0.1 resolves
-to nothing; and whatever is left off loopback goes to a proxy on a loopback port that is bound but never listens,
-so it is refused on the spot. Two records let tests check it: `requested_urls` (the tab and its workers, live)
-and `network`, read from Chromium's NetLog at exit: every request, TCP connection and UDP send of every process.
-The only non-loopback entries a NetLog shows are UDP connects without a single byte sent: Chromium's IPv6
-reachability probe, which asks the kernel for a route and sends nothing.
+a fresh profile, GCM check-in, the search page, and the component updater's server, which Chromium 156 still asks
+on demand for its on-device model manifest despite --disable-component-update) are pointed at loopback; every
+host name but 127.0.0.1 resolves to nothing; and whatever is left off loopback goes to a proxy on a loopback port
+that is bound but never listens, so it is refused on the spot. Two records let tests check it: `requested_urls`
+(the tab and its workers, live) and `network`, read from Chromium's NetLog at exit: every request, TCP connection
+and UDP send of every process, and which requests for a host beyond loopback were refused at that proxy.
+`network.off_loopback()` lists what could have carried anything beyond loopback: a TCP connection attempt or a
+UDP send to a non-loopback address, or a request for a non-loopback host that did not end refused at the proxy
+(an answered one, or one that failed any other way, or whose end the log lacks). A refused one (`proxy_refused`)
+never had a socket beyond 127.0.0.1 — its only route off loopback was the proxy, and it could not connect to it —
+so it is not counted: it names a background service the flags missed, not traffic. Besides those, the only
+non-loopback entries a NetLog shows are UDP connects without a single byte sent: Chromium's IPv6 reachability
+probe, which asks the kernel for a route and sends nothing.
 
 Chromium runs in its own process group with a private profile in a temporary folder; the group is killed on exit.
 """
@@ -41,6 +48,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +62,8 @@ QUIET_S = 0.5  # no request in flight for this long: the app has its data
 POLL_S = 0.2
 STOP_TIMEOUT_S = 5.0  # a clean exit, which completes the NetLog
 WIDTH, HEIGHT = 1440, 900
+_PHASE_END = 2  # a NetLog event's phase: 0 none, 1 begin, 2 end
+_ERR_PROXY_CONNECTION_FAILED = -130  # net/base/net_error_list.h; a NetLog's own constants say it too
 
 # Features that phone home, or start work nobody asked for, in a fresh profile.
 _DISABLED_FEATURES = (
@@ -94,6 +104,9 @@ def chrome_flags(user_data_dir: Path, net_log: Path, dead_port: int) -> list[str
         "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
         f"--proxy-server={dead_url}", "--proxy-bypass-list=127.0.0.1",
         *(f"--{switch}={dead_url}" for switch in _GOOGLE_URL_SWITCHES),
+        # The component updater's server. --disable-component-update stops its background checks, but Chromium 156
+        # still runs on-demand ones (its on-device model manifest, asked for at every start): they go here.
+        f"--component-updater=url-source={dead_url}/service/update2/json",
         # Google's background services and first-run work.
         "--no-first-run", "--no-default-browser-check", "--no-pings", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--disable-default-apps", "--disable-extensions",
@@ -118,14 +131,27 @@ class BrowserError(RuntimeError):
 class NetworkActivity:
     """What Chromium did on the network, from all its processes, as its NetLog recorded it."""
 
-    urls: tuple[str, ...]  # every URL request started (http, https, ws, data, blob, ...)
+    urls: tuple[str, ...]  # every URL request started (http, https, ws, data, blob, ...), one entry per job
     tcp_connects: tuple[str, ...]  # every TCP connection attempt, "host:port"
     udp_sends: tuple[str, ...]  # the peer of every UDP socket that sent at least one byte, "host:port"
+    # The requests (of `urls`) for a host beyond loopback that ended ERR_PROXY_CONNECTION_FAILED: sent to the proxy,
+    # which refused the connection, so no socket beyond loopback was opened for them.
+    proxy_refused: tuple[str, ...] = ()
 
     def off_loopback(self) -> list[str]:
-        """Every request or connection that went anywhere but loopback: [] when Chromium stayed on 127.0.0.1."""
-        hosts = [(url, urlsplit(url).hostname) for url in self.urls]
-        bad = [f"request {url}" for url, host in hosts if host is not None and not _is_loopback(host)]  # data: has none
+        """Every request or connection that could have carried anything beyond loopback: [] when Chromium stayed
+        on 127.0.0.1. A request for a non-loopback host counts unless it was refused at the proxy (`proxy_refused`);
+        a TCP connection attempt counts whatever its outcome, a UDP socket as soon as it sent a byte."""
+        refused = Counter(self.proxy_refused)
+        bad = []
+        for url in self.urls:
+            host = urlsplit(url).hostname  # data: and blob: have none
+            if host is None or _is_loopback(host):
+                continue
+            if refused[url] > 0:
+                refused[url] -= 1
+            else:
+                bad.append(f"request {url}")
         bad += [f"tcp {address}" for address in self.tcp_connects if not _is_loopback(_host_of(address))]
         bad += [f"udp {address}" for address in self.udp_sends if not _is_loopback(_host_of(address))]
         return bad
@@ -310,8 +336,9 @@ class Browser:
 
 
 @contextlib.contextmanager
-def headless_chrome(chrome: str | None = None) -> Iterator[Browser]:
-    """A headless Chromium (`chrome`, else find_chrome()) with a private profile; killed, group and all, on exit."""
+def headless_chrome(chrome: str | None = None, *, extra_flags: Sequence[str] = ()) -> Iterator[Browser]:
+    """A headless Chromium (`chrome`, else find_chrome()) with a private profile; killed, group and all, on exit.
+    `extra_flags` come after chrome_flags(), so they win over them (for a test of the loopback check itself)."""
     chrome = chrome or find_chrome()
     if chrome is None:
         raise BrowserError(f"no Chromium found (looked for ${CHROME_ENV}, then {', '.join(CHROME_NAMES)} on PATH)")
@@ -323,7 +350,7 @@ def headless_chrome(chrome: str | None = None) -> Iterator[Browser]:
         # Chromium reads commands on fd 3 and writes on fd 4. Popen cannot put fds at given numbers, so the pipe
         # ends arrive as stdin and stdout and a shell moves them before exec (preexec_fn is unsafe with threads).
         cmd = ["/bin/sh", "-c", 'exec "$@" 3<&0 4>&1 </dev/null >&2', "sh",
-               chrome, *chrome_flags(tmp_path / "profile", net_log, dead_port), "about:blank"]  # fmt: skip
+               chrome, *chrome_flags(tmp_path / "profile", net_log, dead_port), *extra_flags, "about:blank"]  # fmt: skip
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(cmd, stdin=to_chrome_r, stdout=from_chrome_w, stderr=log, start_new_session=True)
         os.close(to_chrome_r)
@@ -351,12 +378,18 @@ def read_net_log(path: Path) -> NetworkActivity:
         whole_events = text[: text.rfind("},\n") + 1]  # one event a line, each ended by "},"
         log = json.loads(whole_events + "]}")
     names = {number: name for name, number in log["constants"]["logEventTypes"].items()}
+    proxy_failed = log["constants"].get("netError", {}).get("ERR_PROXY_CONNECTION_FAILED", _ERR_PROXY_CONNECTION_FAILED)
     urls, tcp_connects, udp_peer, udp_sent = [], [], {}, set()
+    jobs: dict[int, list[list]] = {}  # request (source id) -> its jobs, in order: [url, net_error at the job's end]
     for event in log["events"]:
         name, params, source = names.get(event["type"]), event.get("params") or {}, event["source"]["id"]
-        # Only an event's start carries these params; its end, if any, has none.
-        if name == "URL_REQUEST_START_JOB" and "url" in params:
-            urls.append(params["url"])
+        # Only an event's start carries these params; its end, if any, has none but a net_error.
+        if name == "URL_REQUEST_START_JOB":
+            if "url" in params:
+                urls.append(params["url"])
+                jobs.setdefault(source, []).append([params["url"], None])
+            elif event.get("phase") == _PHASE_END and jobs.get(source):
+                jobs[source][-1][1] = params.get("net_error")
         elif name == "TCP_CONNECT_ATTEMPT" and "address" in params:
             tcp_connects.append(params["address"])
         elif name == "UDP_CONNECT" and "address" in params:
@@ -364,7 +397,10 @@ def read_net_log(path: Path) -> NetworkActivity:
         elif name == "UDP_BYTES_SENT":
             udp_sent.add(source)
     udp_sends = tuple(sorted({udp_peer.get(source, "unknown:0") for source in udp_sent}))
-    return NetworkActivity(urls=tuple(urls), tcp_connects=tuple(tcp_connects), udp_sends=udp_sends)
+    refused = tuple(url for request in jobs.values() for url, error in request
+                    if error == proxy_failed and not _is_loopback(urlsplit(url).hostname or "localhost"))
+    return NetworkActivity(urls=tuple(urls), tcp_connects=tuple(tcp_connects), udp_sends=udp_sends,
+                           proxy_refused=refused)
 
 
 def _host_of(address: str) -> str:

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import starts
+
 # Set at import (test collection), before anything imports mlflow: MLflow reads some of these once, at import.
 OFFLINE_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -108,6 +110,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
+@starts("server")
 def mlflow_server(tmp_path_factory) -> Iterator[str]:
     """The http URI of a real MLflow tracking server on loopback, shared by the session's tests."""
     with run_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:

@@ -7,9 +7,9 @@ import torch
 from torch.func import functional_call
 
 from metadist.algorithms import LEARNERS
-from metadist.config import EpisodeConfig
-from metadist.data import EpisodeSampler, RegressionSampler, ShardSet
+from metadist.data import RegressionSampler
 from metadist.models import MLP, Conv4
+from tests.helpers import classification_batch, task_slice
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -23,12 +23,6 @@ def _float64():
 def regression_batch(tasks=4):
     b = RegressionSampler("sinusoid", shots=5, queries=6, seed=0).sample(0, range(tasks))
     return type(b)(**{k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in vars(b).items()})
-
-
-def classification_batch(uri, tasks=3, ways=3):
-    b = EpisodeSampler(ShardSet(uri), EpisodeConfig(ways=ways, shots=2, queries=2), seed=0).sample(0, range(tasks))
-    b.support_x, b.query_x = b.support_x.double()[..., ::4, ::4], b.query_x.double()[..., ::4, ::4]  # 7×7 images
-    return b
 
 
 def learner(name, model, kind, inner_lr=0.1, steps=2):
@@ -172,7 +166,7 @@ def test_vmapped_update_equals_a_per_task_loop(small1_uri, name):
     theta = algo.init_meta_params()
     batch = classification_batch(small1_uri, tasks=3)
     whole = algo.compute_update(theta, batch)
-    parts = [algo.compute_update(theta, _slice(batch, t)) for t in range(3)]
+    parts = [algo.compute_update(theta, task_slice(batch, t)) for t in range(3)]
     total = parts[0] + parts[1] + parts[2]
     assert total.num_tasks == whole.num_tasks == 3
     for k in theta:
@@ -206,5 +200,3 @@ def test_evaluate_reports_before_and_after_adaptation(small1_uri):
     assert all(v.shape == (4,) for v in metrics.values())
 
 
-def _slice(batch, t):
-    return type(batch)(**{k: (v[t : t + 1] if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in vars(batch).items()})

@@ -9,29 +9,17 @@ import pytest
 
 from metadist.cli import main
 from metadist.core import checkpoint as ckpt_io
+from tests.helpers import train_tiny_cli
 from tests.synthetic import drawing
-
-
-def _train(tmp_path, small1_uri, small2_uri, name, *sets):
-    args = ["train", "--no-progress"]
-    for s in (
-        f"name={name}", f"data.train.uri={small1_uri}", f"data.test.uri={small2_uri}", "data.test.split.groups=[Tagalog]",
-        "data.episode.queries=2", "data.test_episode.queries=2", "model.hidden=8", "train.meta_batch=4", "train.steps=4", "train.log_every=2",
-        "train.eval_every=0", "train.final_eval_episodes=8", "train.threads=1", f"checkpoint.uri={tmp_path / name}",
-        "tracking.enabled=false", *sets,
-    ):
-        args += ["--set", s]
-    assert main(args) == 0
-    return str(tmp_path / name)
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, small1_uri, small2_uri):
     tmp = tmp_path_factory.mktemp("cli-train")
     return {
-        "protonet": _train(tmp, small1_uri, small2_uri, "proto", "algorithm.name=protonet"),
-        "maml": _train(tmp, small1_uri, small2_uri, "maml", "data.episode.ways=3", "data.test_episode.ways=3"),
-        "sinusoid": _train(tmp, small1_uri, small2_uri, "sin", "data.regression={family: sinusoid}", "data.train=null",
+        "protonet": train_tiny_cli(tmp, small1_uri, small2_uri, "proto", "algorithm.name=protonet"),
+        "maml": train_tiny_cli(tmp, small1_uri, small2_uri, "maml", "data.episode.ways=3", "data.test_episode.ways=3"),
+        "sinusoid": train_tiny_cli(tmp, small1_uri, small2_uri, "sin", "data.regression={family: sinusoid}", "data.train=null",
                            "data.test=null", "model.name=mlp"),
     }
 
@@ -46,7 +34,7 @@ def _support(tmp_path, classes=3, shots=1, size=40):
 
 
 def test_train_prints_checkpoint_and_test_accuracy(checkpoints, capsys, tmp_path, small1_uri, small2_uri):
-    _train(tmp_path, small1_uri, small2_uri, "again", "algorithm.name=protonet")
+    train_tiny_cli(tmp_path, small1_uri, small2_uri, "again", "algorithm.name=protonet")
     out = capsys.readouterr().out
     assert "checkpoint:" in out and "test accuracy_after:" in out and "(8 episodes)" in out
 

@@ -27,8 +27,7 @@ import yaml
 
 from metadist.training import LocalTrainer
 from metadist.core import checkpoint as ckpt_io
-from tests.conftest import missing_tool
-from tests.test_training import tiny_job
+from tests.helpers import missing_tool, starts, tiny_job
 
 ray = pytest.importorskip("ray")
 
@@ -83,6 +82,7 @@ def test_workers_and_address_flags_and_distributed_settings_are_validated(capsys
 
 # -- one Ray for the module ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
+@starts("cluster")
 def ray_cluster():
     from metadist.config import DistributedConfig
     from metadist.distributed import connect
@@ -294,6 +294,7 @@ def _can_isolate() -> bool:
 
 
 @cluster
+@pytest.mark.server  # the job is submitted to the cluster's job server
 @pytest.mark.slow
 def test_autoscaler_adds_a_node_while_a_submitted_job_runs_and_the_jobs_worker_pool_grows(small1_uri, small2_uri,
                                                                                            tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import starts
 from tests.synthetic import make_omniglot_zip
 from metadist.cli import main
 from metadist.data import ShardSet, import_omniglot
@@ -77,6 +78,7 @@ class Mirror:
 
 
 @pytest.fixture
+@starts("server")
 def mirror(tmp_path):
     root = _write_archives(tmp_path / "mirror")
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)

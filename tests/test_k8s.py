@@ -35,7 +35,7 @@ from referencing import Registry, Resource
 from metadist.cli import train as train_cli
 from metadist.config import apply_overrides
 from metadist.config import load_job
-from tests.conftest import missing_tool
+from tests.helpers import missing_tool
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"

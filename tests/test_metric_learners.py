@@ -13,7 +13,7 @@ from metadist.algorithms import LEARNERS, MatchingNetworks, SiameseNetwork, buil
 from metadist.algorithms.matching import lstm_cell, support_context
 from metadist.config import AlgorithmConfig
 from metadist.models import Conv4
-from tests.test_algorithms import _slice, classification_batch
+from tests.helpers import classification_batch, task_slice
 
 WAYS = 3
 
@@ -231,7 +231,7 @@ def test_evaluate_reports_accuracy_after_per_task(small1_uri, name, fce):
 
 
 def _assert_vmap_equals_loop(algo, theta, batch, whole):
-    parts = [algo.compute_update(theta, _slice(batch, t)) for t in range(len(batch))]
+    parts = [algo.compute_update(theta, task_slice(batch, t)) for t in range(len(batch))]
     total = parts[0]
     for part in parts[1:]:
         total = total + part

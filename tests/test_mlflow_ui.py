@@ -8,27 +8,23 @@ Without Chromium the module is skipped, unless METADIST_CI=1 (as in CI), where t
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 from PIL import Image
 
-from tests.browser import HEIGHT, WIDTH, Browser, find_chrome, headless_chrome
-from tests.conftest import missing_tool
+from tests.browser import HEIGHT, WIDTH, Browser, headless_chrome
+from tests.helpers import (MIN_PNG_BYTES, artifacts_folder, assert_loopback, assert_stayed_on_loopback, starts,
+                           train_tiny_cli, value_after)
 from tests.mlflow_server import mlflow_server  # noqa: F401  (session fixture: a real `mlflow server`)
-from tests.test_cli_train import _train
 
-ARTIFACTS_ENV = "METADIST_TEST_ARTIFACTS"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "ui-tests"
 RUN_NAME = "ui-run"
 PARAM, PARAM_VALUE = "algorithm.name", "maml"
 METRIC = "test_accuracy_after"
-# A rendered page, not a blank or a spinner: MLflow's pages give 120-180 kB and 3,500-6,000 colours at 1440x900.
-MIN_PNG_BYTES = 20_000
+# A rendered page, not a blank or a spinner: MLflow's pages give 120-180 kB (MIN_PNG_BYTES) and 3,500-6,000 colours
+# at 1440x900.
 MIN_COLOURS = 256
 MAX_BACKGROUND_SHARE = 0.95  # of the pixels in the commonest colour
 
@@ -47,19 +43,10 @@ class TrackedRun:
 
 
 @pytest.fixture(scope="module")
-def chrome() -> str:
-    path = find_chrome()
-    if path is None:
-        message = "no Chromium found (apt-get install chromium, or set $CHROME to a Chromium or Chrome binary)"
-        missing_tool(message)
-    return path
-
-
-@pytest.fixture(scope="module")
 def tracked_run(chrome, mlflow_server, small1_uri, small2_uri, tmp_path_factory) -> TrackedRun:  # noqa: F811
     from mlflow import MlflowClient
 
-    _train(tmp_path_factory.mktemp("ui"), small1_uri, small2_uri, "ui-job", "tracking.enabled=true",
+    train_tiny_cli(tmp_path_factory.mktemp("ui"), small1_uri, small2_uri, "ui-job", "tracking.enabled=true",
            f"tracking.uri={mlflow_server}", f"tracking.experiment={EXPERIMENT}", f"tracking.run_name={RUN_NAME}",
            "tracking.log_model=false")  # fmt: skip
     client = MlflowClient(mlflow_server)
@@ -72,6 +59,7 @@ def tracked_run(chrome, mlflow_server, small1_uri, small2_uri, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
+@starts("browser")
 def browser(chrome, tracked_run):
     with headless_chrome(chrome) as browser:
         yield browser
@@ -79,9 +67,7 @@ def browser(chrome, tracked_run):
 
 @pytest.fixture(scope="module")
 def artifacts_dir() -> Path:
-    folder = Path(os.environ.get(ARTIFACTS_ENV) or REPO_ROOT / "test-artifacts")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return artifacts_folder()
 
 
 def keep_screenshot(browser: Browser, artifacts_dir: Path, name: str) -> Path:
@@ -98,18 +84,6 @@ def keep_screenshot(browser: Browser, artifacts_dir: Path, name: str) -> Path:
         background = max(colours)[0] / (WIDTH * HEIGHT)
         assert background <= MAX_BACKGROUND_SHARE, f"{path}: {background:.0%} of it one colour, a blank page?"
     return path
-
-
-def value_after(text: str, label: str) -> str:
-    """In a page's text, the line after the line `label` (a table cell's value after its key)."""
-    lines = text.splitlines()
-    assert label in lines, f"no line {label!r} in the page"
-    return lines[lines.index(label) + 1]
-
-
-def assert_loopback(urls: list[str]) -> None:
-    away = [url for url in urls if urlsplit(url).hostname not in (None, "127.0.0.1")]
-    assert not away, f"the pages asked beyond loopback: {away}"
 
 
 def test_experiment_list_shows_the_experiment(browser, tracked_run, artifacts_dir):
@@ -148,12 +122,13 @@ def test_artifacts_tab_lists_the_job_and_shows_the_learning_curve(browser, track
     assert_loopback(browser.requested_urls)
 
 
+@pytest.mark.browser
 def test_chromium_stays_on_loopback(chrome, tracked_run):
     """Chromium's own NetLog (every process: pages, workers, and the browser's background services) holds no
-    request or connection beyond 127.0.0.1 after a fresh start and a run page."""
+    request or connection that could have carried anything beyond 127.0.0.1, after a fresh start and a run page."""
     with headless_chrome(chrome) as browser:
         browser.load(tracked_run.run_page, expect=[RUN_NAME, METRIC])
     activity = browser.network
     assert activity is not None, "Chromium wrote no NetLog"
     assert any(url.startswith(tracked_run.server) for url in activity.urls), "the NetLog missed the pages' requests"
-    assert activity.off_loopback() == []
+    assert_stayed_on_loopback(activity)

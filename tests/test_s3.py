@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import starts
 from tests.synthetic import make_omniglot_zip
 from metadist.config import EpisodeConfig, SplitConfig
 from metadist.data import EpisodeSampler, ShardSet, import_omniglot
@@ -67,6 +68,7 @@ def _moto_command(port: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
+@starts("server")
 def moto_endpoint(tmp_path_factory):
     """A moto S3 server on 127.0.0.1, fake credentials in the environment, one bucket; stopped at the end."""
     log_path = tmp_path_factory.mktemp("moto") / "moto.log"

@@ -30,8 +30,8 @@ from metadist.serving import codegen
 from metadist.serving import fewshot_pb2 as pb
 from metadist.serving.handles import HandleStore
 from metadist.serving.service import SERVICE_NAME, FewShotService, RpcStatus
+from tests.helpers import starts, train_tiny_cli
 from tests.synthetic import drawing
-from tests.test_cli_train import _train as train_tiny
 
 TOKEN = "test-token-0123456789"
 LOOPBACK = "127.0.0.1:0"
@@ -41,7 +41,7 @@ CLASSES = ("class_0", "class_1", "class_2")
 # -- fixtures: two tiny checkpoints and servers over them -------------------------------------------------------------
 def _train(tmp_path, small1_uri, small2_uri, name, *sets) -> str:
     # The CLI tests' tiny job, smaller still: a server test needs a checkpoint, not a trained model.
-    return train_tiny(tmp_path, small1_uri, small2_uri, name, "train.meta_batch=2", "train.steps=2",
+    return train_tiny_cli(tmp_path, small1_uri, small2_uri, name, "train.meta_batch=2", "train.steps=2",
                       "train.final_eval_episodes=1", *sets)
 
 
@@ -59,6 +59,7 @@ def _server(checkpoint: str, **settings) -> Server:
 
 
 @pytest.fixture(scope="module")
+@starts("server")
 def servers(checkpoints):
     """One server per checkpoint, with a token and small limits (so that exceeding them is cheap)."""
     limits = dict(token=TOKEN, max_support=12, max_queries=12, max_image_mb=0.05, max_image_pixels=300 * 300, max_message_mb=0.25)
@@ -217,6 +218,7 @@ def test_classifier_errors_are_invalid_argument(servers, client):
     _assert_serving(client)
 
 
+@pytest.mark.server
 def test_an_expired_or_unknown_handle_is_not_found(checkpoints):
     server = _server(checkpoints["protonet"], handle_ttl_s=0.3)
     now = [0.0]
@@ -271,6 +273,7 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+@pytest.mark.server
 def test_tls_and_mutual_tls_with_a_self_signed_certificate(checkpoints, tmp_path):
     cert, key = _self_signed(tmp_path)
     server = _server(checkpoints["protonet"], tls_cert=str(cert), tls_key=str(key), token=TOKEN)
@@ -293,6 +296,7 @@ def test_tls_and_mutual_tls_with_a_self_signed_certificate(checkpoints, tmp_path
 
 
 # -- deadlines and concurrency --------------------------------------------------------------------------------------
+@pytest.mark.server
 def test_a_call_waiting_past_its_deadline_is_not_computed(checkpoints):
     server = _server(checkpoints["protonet"], max_concurrency=1)
     service = server.service
@@ -340,6 +344,7 @@ def test_a_call_whose_deadline_passed_before_it_ran_computes_nothing(servers):
     assert service.stats.computations == computed
 
 
+@pytest.mark.server
 def test_concurrency_is_bounded(checkpoints):
     server = _server(checkpoints["protonet"], max_concurrency=1, max_workers=4, max_concurrent_rpcs=2, queue_timeout_s=0.3)
     service = server.service
@@ -414,6 +419,7 @@ def test_serve_config_names_what_is_wrong(settings, expect):
         ServeConfig(checkpoint="x", **settings)
 
 
+@pytest.mark.server
 def test_token_sources_and_secrecy(checkpoints, tmp_path, caplog, monkeypatch):
     token_file = tmp_path / "token"
     token_file.write_text("  from-a-file-123\n")
@@ -443,6 +449,7 @@ def test_serve_refuses_a_busy_port_and_a_missing_checkpoint(checkpoints, servers
     assert "nothing" in capsys.readouterr().err
 
 
+@pytest.mark.server
 def test_the_serve_command_serves_until_terminated(checkpoints, tmp_path, capsys):
     """`metadist serve` in a process of its own: it reports its port, answers `metadist query`, stops on SIGTERM."""
     (tmp_path / "token").write_text(TOKEN + "\n")

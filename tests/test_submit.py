@@ -30,10 +30,9 @@ import yaml
 
 from metadist.cli import main
 from tests.browser import find_chrome, headless_chrome
-from tests.conftest import missing_tool
+from tests.helpers import (MIN_PNG_BYTES, artifacts_folder, assert_loopback, assert_stayed_on_loopback, missing_tool,
+                           starts, tiny_job, value_after)
 from tests.mlflow_server import free_port, mlflow_server  # noqa: F401  (session fixture: a real `mlflow server`)
-from tests.test_mlflow_ui import ARTIFACTS_ENV, MIN_PNG_BYTES, assert_loopback, value_after
-from tests.test_training import tiny_job
 
 pytest.importorskip("ray")
 
@@ -59,6 +58,7 @@ def _run_script(*args: str, env: dict[str, str], timeout: float) -> subprocess.C
 
 
 @pytest.fixture(scope="module")
+@starts("cluster", "server")  # the head runs Ray's job server
 def cluster(small1_uri, small2_uri, tmp_path_factory):
     """A head and one 1-CPU worker node on loopback, with token authentication; the token in this process's
     environment for the module (as `metadist submit` finds it) and a private HOME for the nodes."""
@@ -130,6 +130,7 @@ def _mlflow(uri: str, endpoint: str, body: dict | None = None, **query) -> dict:
 
 # -- the job's run, end to end ---------------------------------------------------------------------------------------
 @pytest.mark.cluster
+@pytest.mark.browser
 @pytest.mark.slow
 def test_submitted_job_succeeds_and_its_run_is_in_mlflow(  # noqa: F811  (mlflow_server: the imported fixture)
         cluster, workdir, mlflow_server, small1_uri, tmp_path, monkeypatch, capsys):
@@ -184,11 +185,9 @@ def test_submitted_job_succeeds_and_its_run_is_in_mlflow(  # noqa: F811  (mlflow
         browser.scroll_to("Metrics (")  # the metrics table under the run's name, which stays in view
         png = browser.screenshot()
         assert_loopback(browser.requested_urls)
-    artifacts_dir = Path(os.environ.get(ARTIFACTS_ENV) or REPO / "test-artifacts")
-    artifacts_dir.mkdir(parents=True, exist_ok=True)
-    (artifacts_dir / "submit-run.png").write_bytes(png)
+    (artifacts_folder() / "submit-run.png").write_bytes(png)
     assert png.startswith(b"\x89PNG") and len(png) >= MIN_PNG_BYTES, f"submit-run.png: {len(png)} bytes, a blank page?"
-    assert browser.network is not None and browser.network.off_loopback() == []  # Chromium's NetLog, every process
+    assert_stayed_on_loopback(browser.network)  # Chromium's NetLog, every process
 
 
 @pytest.mark.cluster

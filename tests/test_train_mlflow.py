@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from metadist.training import LocalTrainer
+from tests.helpers import tiny_job
 from tests.mlflow_server import mlflow_server  # noqa: F401  (session fixture: a real `mlflow server`)
-from tests.test_training import tiny_job
 
 
 @pytest.fixture

@@ -12,26 +12,7 @@ from metadist.errors import CheckpointError, ConfigError
 from metadist.training import LocalTrainer
 from metadist.core import checkpoint as ckpt_io
 from metadist.training.evaluation import Z95, estimate
-
-
-def tiny_job(small1_uri, small2_uri, tmp_path, *overrides: str) -> JobConfig:
-    base = [
-        f"data.train.uri={small1_uri}",
-        f"data.test.uri={small2_uri}",
-        "data.test.split.groups=[Tagalog]",
-        "data.episode.queries=2", "data.test_episode.queries=2",
-        "model.hidden=8",
-        "train.meta_batch=4",
-        "train.steps=6",
-        "train.log_every=2",
-        "train.eval_every=0",
-        "train.final_eval_episodes=8",
-        "train.threads=1",
-        "checkpoint.every=3",
-        f"checkpoint.uri={tmp_path / 'ckpt'}",
-        "tracking.enabled=false",
-    ]
-    return apply_overrides(JobConfig(), base + list(overrides))
+from tests.helpers import tiny_job
 
 
 def test_checkpoint_round_trip_through_memory_filesystem(small1_uri, small2_uri, tmp_path):
