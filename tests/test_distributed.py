@@ -193,11 +193,54 @@ def test_killed_workers_cost_only_their_tasks_and_no_step_is_applied_twice(undis
     _assert_same(undisturbed["params"], _params(result.checkpoint_uri))
 
 
+def _with_checkpoints_in(job, folder: Path, *sets: str):
+    from metadist.config import apply_overrides
+
+    return apply_overrides(job, [f"checkpoint.uri={folder}", *sets])
+
+
+def _sabotage_once(trainer, make_trouble) -> list:
+    """After the workers are up, call make_trouble(worker slot) once, on the first live worker; returns its slot."""
+    started = trainer.source.group.start
+    victims: list = []
+
+    def start():
+        started()
+        victims.append(trainer.source.group.live_workers()[0])
+        make_trouble(victims[0])
+
+    trainer.source.group.start = start
+    return victims
+
+
 @cluster
-def test_killed_parameter_server_resumes_from_its_checkpoint_to_the_same_parameters(undisturbed, tmp_path, monkeypatch):
+def test_killed_parameter_server_is_restarted_within_the_run_and_ends_on_the_same_parameters(undisturbed, tmp_path):
+    from metadist.distributed import DistributedTrainer
+
+    job = _with_checkpoints_in(undisturbed["job"], tmp_path / "ckpt")
+    trainer = DistributedTrainer(job, progress=False)
+    apply = trainer.source.server.apply
+    killed = []
+
+    def kill_server_once_at_step_5(step, weight, update_refs):
+        if step == 5 and not killed:
+            killed.append(step)
+            ray.kill(trainer.source.server.actor)
+        return apply(step, weight, update_refs)
+
+    trainer.source.server.apply = kill_server_once_at_step_5
+    result = trainer.run()
+    assert killed == [5] and trainer.source.server.restarts == 1
+    assert result.steps == result.applied_steps == 8  # steps 3 and 4 were applied again, not counted again
+    assert result.history[-1]["recomputed_tasks"] >= 2 * job.train.meta_batch
+    _assert_same(undisturbed["params"], _params(result.checkpoint_uri))
+
+
+@cluster
+def test_a_parameter_server_lost_past_its_restarts_fails_naming_the_resume_and_resumes_to_the_same_parameters(undisturbed, tmp_path):
     from metadist.distributed import DistributedTrainer, ParameterServerLost
 
-    job = undisturbed["job"].model_copy(update={"checkpoint": undisturbed["job"].checkpoint.model_copy(update={"uri": str(tmp_path / "ckpt")})})
+    job = _with_checkpoints_in(undisturbed["job"], tmp_path / "ckpt", "distributed.server_restarts=0")
     trainer = DistributedTrainer(job, progress=False)
     apply = trainer.source.server.apply
 
@@ -206,7 +249,7 @@ def test_killed_parameter_server_resumes_from_its_checkpoint_to_the_same_paramet
             ray.kill(trainer.source.server.actor)
         return apply(step, weight, update_refs)
 
-    monkeypatch.setattr(trainer.source.server, "apply", kill_server_at_step_5)
+    trainer.source.server.apply = kill_server_at_step_5
     with pytest.raises(ParameterServerLost, match="--resume"):
         trainer.run()
     assert [s for s, _ in ckpt_io.list_checkpoints(job.checkpoint.uri)] == [3]
@@ -221,24 +264,192 @@ def test_killed_parameter_server_resumes_from_its_checkpoint_to_the_same_paramet
     assert local.step == 8 and local.optimizer.step_count == 8
 
 
-# -- asynchronous mode -----------------------------------------------------------------------------------------------
 @cluster
-@pytest.mark.parametrize("policy", ["drop", "downweight"])
-def test_async_updates_respect_the_staleness_bound(ray_cluster, small1_uri, small2_uri, tmp_path, policy):
+def test_a_worker_that_raises_is_replaced_and_its_slice_retried(undisturbed, tmp_path):
     from metadist.distributed import DistributedTrainer
 
-    job = tiny_job(small1_uri, small2_uri, tmp_path, "train.steps=8", "train.log_every=1", *TWO_WORKERS,
-                   "distributed.mode=async", "distributed.max_staleness=0", f"distributed.stale_policy={policy}")
+    def out_of_memory_once(worker):
+        original = worker.learner.compute_update
+
+        def boom(*args, **kwargs):
+            worker.learner.compute_update = original
+            raise RuntimeError("CUDA out of memory")
+
+        worker.learner.compute_update = boom
+
+    trainer = DistributedTrainer(_with_checkpoints_in(undisturbed["job"], tmp_path / "ckpt"), progress=False)
+    victims = _sabotage_once(trainer, lambda slot: ray.get(slot.actor.__ray_call__.remote(out_of_memory_once)))
+    result = trainer.run()
+    assert len(victims) == 1 and trainer.worker_restarts == 1
+    assert result.steps == result.applied_steps == 8
+    _assert_same(undisturbed["params"], _params(result.checkpoint_uri))
+
+
+@cluster
+def test_a_worker_that_keeps_raising_fails_the_run_naming_its_node_and_error(undisturbed, tmp_path):
+    from metadist.distributed import DistributedTrainer
+    from metadist.distributed.failures import SliceFailed
+
+    def always_out_of_memory(worker):
+        def boom(*args, **kwargs):
+            raise RuntimeError("CUDA out of memory")
+
+        worker.learner.compute_update = boom
+
+    job = _with_checkpoints_in(undisturbed["job"], tmp_path / "ckpt", "distributed.slice_retries=0")
+    trainer = DistributedTrainer(job, progress=False)
+    _sabotage_once(trainer, lambda slot: ray.get(slot.actor.__ray_call__.remote(always_out_of_memory)))
+    with pytest.raises(SliceFailed, match=r"task worker \d+ on node \w+ raised RuntimeError: CUDA out of memory"):
+        trainer.run()
+
+
+@cluster
+def test_a_hung_worker_does_not_stall_the_run_and_the_step_count_is_exact(undisturbed, tmp_path):
+    from metadist.distributed import DistributedTrainer
+
+    def hang_once(worker):
+        original = worker.learner.compute_update
+
+        def slow(*args, **kwargs):
+            worker.learner.compute_update = original
+            time.sleep(300)  # far past the deadline: the slice goes elsewhere, this worker is replaced
+            return original(*args, **kwargs)
+
+        worker.learner.compute_update = slow
+
+    job = _with_checkpoints_in(undisturbed["job"], tmp_path / "ckpt", "distributed.slice_timeout_s=5")
+    trainer = DistributedTrainer(job, progress=False)
+    _sabotage_once(trainer, lambda slot: ray.get(slot.actor.__ray_call__.remote(hang_once)))
+    started = time.monotonic()
+    result = trainer.run()
+    assert time.monotonic() - started < 120
+    assert result.steps == result.applied_steps == 8 and trainer.worker_restarts == 1
+    assert result.history[-1]["timed_out_slices"] == 1
+    _assert_same(undisturbed["params"], _params(result.checkpoint_uri))
+
+
+# -- asynchronous mode -----------------------------------------------------------------------------------------------
+@cluster
+def test_async_applies_every_step_once_within_the_default_staleness_bound(ray_cluster, small1_uri, small2_uri, tmp_path):
+    from metadist.distributed import DistributedTrainer
+
+    job = tiny_job(small1_uri, small2_uri, tmp_path, "train.steps=8", "train.log_every=1", *TWO_WORKERS, "distributed.mode=async")
+    assert job.distributed.staleness_bound() == 1  # workers - 1
     result = DistributedTrainer(job, progress=False).run()
-    assert result.steps == result.applied_steps == 8  # a dropped update's step is recomputed, never lost
-    last = result.history[-1]
-    # Both workers start on version 0: whichever arrives second is one version stale.
-    if policy == "drop":
-        assert all(h["staleness_max"] <= 0 for h in result.history)
-        assert last["dropped_stale_updates"] >= 1 and last["recomputed_tasks"] >= 4
-    else:
-        assert last["dropped_stale_updates"] == 0 and last["downweighted_updates"] >= 1
-        assert max(h["staleness_max"] for h in result.history) >= 1
+    assert result.steps == result.applied_steps == 8
+    assert max(h["staleness_max"] for h in result.history) <= 1
+    assert result.history[-1]["dropped_stale_updates"] == 0  # at most S + 1 in flight: none arrives too stale
+
+
+@cluster
+def test_async_workers_overlap(ray_cluster, small1_uri, small2_uri, tmp_path):
+    """At a fixed compute time per step (0.5 s, a sleep in each worker), two async workers apply steps faster than
+    one: the second worker's steps overlap the first's instead of waiting for them."""
+    from metadist.distributed import DistributedTrainer
+
+    def fixed_compute_time(worker):
+        original = worker.learner.compute_update
+
+        def slow(*args, **kwargs):
+            time.sleep(0.5)
+            return original(*args, **kwargs)
+
+        worker.learner.compute_update = slow
+
+    def run(workers: int) -> float:
+        job = tiny_job(small1_uri, small2_uri, tmp_path / str(workers), "train.steps=8", "train.log_every=8",
+                       f"distributed.workers={workers}", "distributed.mode=async")
+        trainer = DistributedTrainer(job, progress=False)
+        started = trainer.source.group.start
+
+        def start():
+            started()
+            for slot in trainer.source.group.live_workers():
+                ray.get(slot.actor.__ray_call__.remote(fixed_compute_time))
+
+        trainer.source.group.start = start
+        result = trainer.run()
+        assert result.applied_steps == 8
+        return result.history[0]["tasks_per_s"]
+
+    one, two = run(1), run(2)
+    assert two > 1.3 * one, (one, two)
+
+
+def test_stale_updates_shorten_the_step_not_the_gradient():
+    """Under Adam a gradient scaled by w gives (almost) the same step; the step itself must shrink by w."""
+    from metadist.algorithms.base import Update
+    from metadist.algorithms.outer import MetaOptimizer
+    from metadist.config import OptimizerConfig
+
+    def moved(step_scale: float) -> float:
+        opt = MetaOptimizer({"w": torch.zeros(3)}, OptimizerConfig(lr=0.1, clip_norm=None), total_steps=10)
+        opt.apply(Update("gradient", {"w": torch.tensor([1.0, -2.0, 3.0])}, num_tasks=1), step_scale=step_scale)
+        return float(opt.meta_params()["w"].abs().sum())
+
+    assert moved(0.25) == pytest.approx(0.25 * moved(1.0))
+
+
+def test_a_dead_address_fails_at_once_naming_it():
+    import socket
+
+    from metadist.config import DistributedConfig
+    from metadist.distributed import ClusterError
+    from metadist.distributed.cluster import check_reachable
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(ClusterError, match=rf"distributed.address '127.0.0.1:{port}': nothing answers there"):
+        check_reachable(f"127.0.0.1:{port}", DistributedConfig().start_timeout_s)
+    assert time.monotonic() - started < 5
+    with pytest.raises(ClusterError, match="expected HOST:PORT"):
+        check_reachable("head-node", 300)
+
+
+def test_gpu_settings_that_cannot_work_are_refused_naming_the_field():
+    from metadist.config import JobConfig, apply_overrides
+    from metadist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"distributed.gpus_per_worker: .*fraction of one GPU or whole GPUs \(got 1.5\)"):
+        apply_overrides(JobConfig(), ["distributed.workers=2", "distributed.gpus_per_worker=1.5"])
+    with pytest.raises(ConfigError, match=r"train.device = 'cuda:1' with distributed.workers = 2"):
+        apply_overrides(JobConfig(), ["distributed.workers=2", "train.device=cuda:1"])
+    with pytest.raises(ConfigError, match=r"gpus_per_worker = 0"):
+        apply_overrides(JobConfig(), ["distributed.workers=2", "train.device=cuda", "distributed.gpus_per_worker=0"])
+    apply_overrides(JobConfig(), ["distributed.workers=2", "train.device=cuda:1", "distributed.gpus_per_worker=2"])
+    apply_overrides(JobConfig(), ["distributed.workers=4", "distributed.gpus_per_worker=0.5"])
+
+
+def test_gpu_requests_follow_the_device_setting_and_the_cluster():
+    from metadist.config import DistributedConfig, TrainConfig
+    from metadist.distributed.resources import ClusterGPUs, worker_resources
+
+    none, now, addable = ClusterGPUs(0, 0), ClusterGPUs(4, 0), ClusterGPUs(0, 8)
+    dist = DistributedConfig(workers=2)
+
+    def gpus(device: str, cluster: ClusterGPUs, config: DistributedConfig = dist) -> float:
+        return worker_resources(config, TrainConfig(device=device), cluster).num_gpus
+
+    assert gpus("cuda", none) == 1  # asked for whatever the cluster has: the autoscaler adds GPU nodes for it
+    assert gpus("cpu", now) == 0
+    assert gpus("auto", now) == 1 and gpus("auto", addable) == 1 and gpus("auto", none) == 0
+    assert gpus("auto", none, DistributedConfig(workers=2, gpus_per_worker=0.25)) == 0.25
+    assert "autoscaler can add GPU nodes" in worker_resources(dist, TrainConfig(), addable).reason
+
+
+def test_a_worker_trains_on_the_gpu_ray_gave_it_or_says_why_it_cannot():
+    from metadist.distributed.worker import worker_device
+
+    assert str(worker_device("auto", ["3"], cuda_available=True)) == "cuda:0"  # CUDA_VISIBLE_DEVICES=3: it is cuda:0
+    assert str(worker_device("auto", [], cuda_available=True)) == "cpu"
+    assert str(worker_device("auto", ["0"], cuda_available=False)) == "cpu"
+    assert str(worker_device("cpu", ["0"], cuda_available=True)) == "cpu"
+    with pytest.raises(RuntimeError, match="torch sees no CUDA device"):
+        worker_device("cuda", ["0"], cuda_available=False)
+    with pytest.raises(RuntimeError, match="Ray gave it no GPU"):
+        worker_device("cuda", [], cuda_available=True)
 
 
 # -- scenarios with a cluster of their own (subprocesses) ------------------------------------------------------------

@@ -68,9 +68,11 @@ class MetaOptimizer:
             return 0.5 * c.lr * (1 + math.cos(math.pi * min(1.0, (step - c.warmup_steps) / span)))
         return c.lr
 
-    def apply(self, update: Update) -> StepResult:
+    def apply(self, update: Update, step_scale: float = 1.0) -> StepResult:
+        """One outer step along the update's mean pseudo-gradient. step_scale < 1 shortens the step itself (a stale
+        asynchronous update): scaling the gradient instead would be undone by Adam's normalisation."""
         gradient = update.as_gradient()
-        lr = self.lr_at(self.step_count)
+        lr = self.lr_at(self.step_count) * step_scale
         if not all_finite(gradient):
             self.skipped += 1
             return StepResult(applied=False, lr=lr, update_norm=float("nan"))

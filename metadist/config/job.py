@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Choice fields are Literals: pydantic names the field and lists the allowed values when a job file gets one wrong.
 RegressionFamily = Literal["sinusoid", "linear"]
@@ -268,19 +268,23 @@ class DistributedConfig(StrictModel):
         description="'sync': every outer step waits for its whole meta-batch (equals the local trainer); 'async': each "
         "worker computes whole steps on the newest parameters it has and the server applies them as they arrive",
     )
-    max_staleness: int = Field(
-        1, ge=0,
-        description="async: S, the most versions an update's parameters may lag the server's; with W workers "
-        "about W-1 lag is normal, so S = W-1 drops little",
+    max_staleness: int | None = Field(
+        None, ge=0,
+        description="async: S, the most versions an update's parameters may lag the server's; None = workers - 1, "
+        "which lets all W workers contribute (with W in flight, W-1 lag is the normal case). At most S + 1 steps are "
+        "in flight at once (enforced at dispatch); an update that still arrives staler is dropped or downweighted",
     )
     stale_policy: StalePolicy = Field(
         "drop",
         description="async, an update staler than S: 'drop' (its step is recomputed on fresh parameters) or "
-        "'downweight' (applied scaled by 1/(1 + staleness - S))",
+        "'downweight' (applied with its step scaled by 1/(1 + staleness - S): the optimizer's step, not the gradient, "
+        "which Adam would normalise back)",
     )
     gpus_per_worker: float | None = Field(
         None, ge=0,
-        description="GPUs each worker owns; None = 1 when the cluster has GPUs, else 0; a fraction shares a GPU",
+        description="GPUs each worker owns: a fraction (0.5: two workers share one GPU) or a whole number; None = 1 "
+        "when the worker runs on CUDA (train.device 'cuda', or 'auto' on a cluster that has or can add GPU nodes), "
+        "else 0. Asked of Ray whatever the cluster holds at start, so an autoscaler adds GPU nodes for it",
     )
     cpus_per_worker: float | None = Field(
         None, gt=0, description="CPU slots each worker reserves; None = train.threads, or 1"
@@ -295,6 +299,21 @@ class DistributedConfig(StrictModel):
         description="dead workers replaced over the run before it fails (-1: no limit); each costs only its "
         "in-flight tasks, which are recomputed",
     )
+    slice_timeout_s: float | None = Field(
+        None, gt=0,
+        description="a slice (sync) or step (async) not back after this long is handed to another worker, its worker "
+        "replaced and its late result ignored; None = 10 × the slowest slice seen so far, and at least 60 s",
+    )
+    slice_retries: int = Field(
+        3, ge=0,
+        description="times one slice is retried on a fresh worker after its worker raised (CUDA out of memory, an I/O "
+        "error) before the run fails with that error",
+    )
+    server_restarts: int = Field(
+        3, ge=0,
+        description="times a lost parameter server is restarted within the run from its last checkpoint (the steps "
+        "since are recomputed: a synchronous run ends bit-identical) before the run fails",
+    )
     start_timeout_s: float = Field(
         300.0, gt=0,
         description="how long to wait for min_workers (or, later, for any worker) to be placed before failing: a "
@@ -306,6 +325,17 @@ class DistributedConfig(StrictModel):
         if self.min_workers is not None and self.min_workers > max(self.workers, 1):
             raise ValueError(f"min_workers = {self.min_workers} exceeds workers = {self.workers}")
         return self
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _whole_or_fraction(cls, gpus: float | None) -> float | None:
+        if gpus is not None and gpus > 1 and gpus != int(gpus):
+            raise ValueError("a worker owns a fraction of one GPU or whole GPUs")
+        return gpus
+
+    def staleness_bound(self) -> int:
+        """S: max_staleness, or workers - 1."""
+        return self.max_staleness if self.max_staleness is not None else max(self.workers - 1, 0)
 
     @property
     def slice_count(self) -> int:
@@ -343,6 +373,14 @@ class JobConfig(StrictModel):
                     f"a {self.algorithm.name} model's head has one output per training way"
                 )
         d = self.distributed
+        device = self.train.device
+        if d.workers and device.startswith("cuda:") and int(device.split(":")[1]) >= max(1, int(d.gpus_per_worker or 1)):
+            raise ValueError(
+                f"train.device = {device!r} with distributed.workers = {d.workers}: a worker sees only the GPUs Ray gave "
+                f"it, as cuda:0 .. cuda:{max(1, int(d.gpus_per_worker or 1)) - 1}; use 'cuda' (or 'auto')"
+            )
+        if d.workers and device.startswith("cuda") and d.gpus_per_worker == 0:
+            raise ValueError(f"train.device = {device!r} with distributed.gpus_per_worker = 0: a worker without a GPU cannot use CUDA")
         if d.workers and d.mode == "sync" and d.slice_count > self.train.meta_batch:
             raise ValueError(
                 f"distributed.slices = {d.slice_count} (or workers) exceeds train.meta_batch = {self.train.meta_batch}: "

@@ -4,20 +4,25 @@ Each worker computes whole outer steps (all meta_batch tasks of step s) on the n
 the server applies each as it arrives. The staleness of an update is how many versions the server moved on while
 it was computed; above `max_staleness` it is dropped and its step recomputed on fresh parameters
 (`stale_policy: drop`) or applied scaled by 1/(1 + staleness - S) (`downweight`). Either way each of the run's
-`train.steps` outer steps is applied exactly once.
+`train.steps` outer steps is applied exactly once. At most S + 1 steps are in flight (S = max_staleness, by default
+workers - 1): one more could only arrive too stale. Workers that die, raise or hang are handled as in sync mode
+(metadist.distributed.failures); a lost server is restarted from the last checkpoint and the steps applied since
+are computed again, without being counted twice.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Generator
 from dataclasses import dataclass
 
 import ray
-from ray.exceptions import ObjectLostError, RayActorError
+from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
 from metadist.config import JobConfig
+from metadist.distributed.failures import ParameterServerLost, RetryBudget, SliceDeadline
 from metadist.distributed.server_client import ServerClient
 from metadist.distributed.stats import DistributedStats
 from metadist.distributed.worker_group import POLL_INTERVAL_S, WorkerGroup
@@ -40,25 +45,32 @@ class InFlightStep:
     step: int
     worker_id: int
     version: int
+    sent_at: float
     update_ref: ray.ObjectRef
 
 
 class AsyncSchedule:
     def __init__(self, job: JobConfig, group: WorkerGroup, server: ServerClient, stats: DistributedStats) -> None:
         self.job, self.group, self.server, self.stats = job, group, server, stats
+        self.deadline = SliceDeadline(job.distributed)
+        self.retries = RetryBudget(job.distributed.slice_retries)
 
     def steps(self, start: int) -> Generator[StepOutcome, None, None]:
         config, train = self.job.distributed, self.job.train
+        bound = config.staleness_bound()
         redo: deque[int] = deque()  # steps to compute again (their worker died, or their update was too stale)
+        silent: set[int] = set()  # steps applied again after a server restart: already counted by the loop
         next_new = start  # steps below this were handed out (or applied before a resume)
         inflight: dict[ray.ObjectRef, InFlightStep] = {}  # keyed by the report's reference
         applied = start
-        while applied < train.steps:
+        while applied < train.steps or silent:
             self.group.poll()
             busy = {s.worker_id for s in inflight.values()}
             for slot in self.group.live_workers():
                 if slot.worker_id in busy:
                     continue
+                if len(inflight) > bound:  # S + 1 in flight: one more could only arrive too stale
+                    break
                 if redo:
                     step = redo.popleft()
                 elif next_new < train.steps:
@@ -69,7 +81,7 @@ class AsyncSchedule:
                 report_ref, update_ref = slot.actor.compute.remote(
                     step, 0, train.meta_batch, params.version, params.box, is_log_step(step + 1, train)
                 )
-                inflight[report_ref] = InFlightStep(step, slot.worker_id, params.version, update_ref)
+                inflight[report_ref] = InFlightStep(step, slot.worker_id, params.version, time.monotonic(), update_ref)
             if not inflight:
                 continue
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=POLL_INTERVAL_S)
@@ -77,27 +89,65 @@ class AsyncSchedule:
                 sent = inflight.pop(ref)
                 try:
                     slice_report = ray.get(ref)
+                    self.deadline.observe(time.monotonic() - sent.sent_at)
                 except RayActorError as exc:
                     self.group.lost(sent.worker_id, exc)
-                    self.stats.recomputed_tasks += train.meta_batch
-                    redo.append(sent.step)
+                    self._redo(redo, sent.step)
+                    continue
+                except RayTaskError as exc:
+                    where = self.group.where(sent.worker_id)
+                    log.warning("step %d: %s raised %s; replacing it and retrying the step", sent.step, where,
+                                type(exc.cause).__name__ if exc.cause else "an error")
+                    self.retries.charge(sent.step, f"step {sent.step}: {where}", exc)
+                    self.group.replace(sent.worker_id, exc)
+                    self._redo(redo, sent.step)
                     continue
                 staleness = self.server.params.version - sent.version
-                weight = staleness_weight(staleness, config.max_staleness, config.stale_policy)
+                weight = staleness_weight(staleness, bound, config.stale_policy)
                 if weight is None:
                     self.stats.dropped += 1
-                    self.stats.recomputed_tasks += train.meta_batch
-                    redo.append(sent.step)
+                    self._redo(redo, sent.step)
                     continue
                 try:
                     report = self.server.apply(sent.step, weight, [sent.update_ref])
                 except ObjectLostError as exc:
                     log.warning("step %d: its update was lost (%s); recomputing it", sent.step, exc)
-                    redo.append(sent.step)
+                    self._redo(redo, sent.step)
                     continue
+                except ParameterServerLost as exc:
+                    resume = self.server.restart(exc)
+                    # Everything in flight was computed for the lost server; the steps it had applied since the
+                    # checkpoint are applied again, silently (the loop has counted them).
+                    abandoned = [s.step for s in inflight.values()] + [sent.step]
+                    inflight.clear()
+                    silent.update(s for s in range(resume, next_new) if s not in abandoned and s not in redo)
+                    for s in [*sorted(silent), *abandoned]:
+                        if s not in redo:
+                            self._redo(redo, s)
+                    break
                 if report.duplicate:
                     continue
                 if weight != 1.0:
                     self.stats.downweighted += 1
+                if sent.step in silent:
+                    silent.discard(sent.step)
+                    continue
                 applied += 1
                 yield self.stats.outcome([slice_report], report, staleness)
+            self._expire(redo, inflight)
+
+    def _redo(self, redo: deque[int], step: int) -> None:
+        self.stats.recomputed_tasks += self.job.train.meta_batch
+        redo.append(step)
+
+    def _expire(self, redo: deque[int], inflight: dict[ray.ObjectRef, InFlightStep]) -> None:
+        limit_s = self.deadline.seconds()
+        now = time.monotonic()
+        for ref, sent in list(inflight.items()):
+            if now - sent.sent_at > limit_s:
+                del inflight[ref]  # a late result is never read
+                where = self.group.where(sent.worker_id)
+                log.warning("step %d: %s did not return within %.0f s; replacing it", sent.step, where, limit_s)
+                self.group.replace(sent.worker_id, TimeoutError(f"{where}: no result within {limit_s:.0f} s"))
+                self.stats.timed_out += 1
+                self._redo(redo, sent.step)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass
 
 import ray
@@ -51,6 +52,28 @@ def ray_address(config: DistributedConfig) -> str | None:
     return config.address or os.environ.get("RAY_ADDRESS") or None
 
 
+# Ray retries a dead GCS for minutes before it gives up; a plain TCP connect says as much in seconds.
+REACH_TIMEOUT_S = 10.0
+
+
+def check_reachable(address: str, timeout_s: float) -> None:
+    """Fail at once, naming the address, when nothing listens at HOST:PORT (Ray itself would retry for minutes).
+    'auto' and ray:// client addresses are left to Ray."""
+    if address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ClusterError(f"distributed.address {address!r}: expected HOST:PORT (the head's GCS, port 6379 by default) or 'auto'")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=min(timeout_s, REACH_TIMEOUT_S)):
+            pass
+    except OSError as exc:
+        raise ClusterError(
+            f"distributed.address {address!r}: nothing answers there ({exc.strerror or exc}); is the head node up "
+            f"(`ray start --head` prints its address)?"
+        ) from exc
+
+
 def connect(config: DistributedConfig, *, num_cpus: int | None = None) -> Connection:
     """Join the configured cluster, or start a local one; reuse the connection this process already has."""
     if ray.is_initialized():
@@ -74,6 +97,7 @@ def connect(config: DistributedConfig, *, num_cpus: int | None = None) -> Connec
         )
         log.info("started a local Ray (%s auth) with %s", auth_mode(), ray.cluster_resources())
         return Connection(address="local", started_here=True, auth_mode=auth_mode())
+    check_reachable(address, config.start_timeout_s)
     try:
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
     except RuntimeError as exc:  # Ray's "Failed to connect to GCS", after retrying for a while

@@ -21,6 +21,7 @@ from metadist.algorithms.functional import tensor_bytes
 from metadist.algorithms.outer import MetaOptimizer, OuterState
 from metadist.config import JobConfig
 from metadist.core import Checkpoint, LoopState, ModelSpec, build
+from metadist.core.checkpoint import load as load_checkpoint
 from metadist.core.checkpoint import save_and_prune
 from metadist.runtime import configure_process
 
@@ -66,13 +67,6 @@ class AppliedSteps:
             self.below += 1
 
 
-def scaled(update: Update, weight: float) -> Update:
-    """The update with its tensors multiplied by `weight` (a stale update, down-weighted)."""
-    if weight == 1.0:
-        return update
-    return Update(update.kind, {k: v * weight for k, v in update.tensors.items()}, update.num_tasks, update.metrics)
-
-
 class ParameterServer:
     def __init__(self, job: JobConfig, spec: dict) -> None:
         configure_process(threads=1)  # the outer step is a few element-wise tensor operations
@@ -100,10 +94,11 @@ class ParameterServer:
         total = updates[0]
         for update in updates[1:]:
             total = total + update
-        result = self.optimizer.apply(scaled(total, weight))
+        result = self.optimizer.apply(total, step_scale=weight)
         self.applied.add(step)
-        self.version += 1
-        self._publish()
+        if result.applied:  # a skipped (NaN/Inf) update changed nothing: the same version stays current
+            self.version += 1
+            self._publish()
         received = sum(tensor_bytes(u.tensors) for u in updates)
         return self._report(step, result.applied, False, result.lr, result.update_norm, time.perf_counter() - start, received)
 
@@ -122,6 +117,12 @@ class ParameterServer:
         self.version += 1
         self._publish()
         return self._current
+
+    def restore(self, uri: str) -> tuple[ParamsVersion, int]:
+        """Load the outer state of the checkpoint at `uri` (a restart within the run); the version to compute on, and
+        the step the checkpoint was taken at."""
+        saved = load_checkpoint(uri)
+        return self.load_state(saved.outer_state()), saved.step
 
     def save(self, step: int, loop: LoopState, directory: str) -> str:
         """Write the checkpoint of outer step `step` into `directory` (any fsspec URI; the driver makes a local

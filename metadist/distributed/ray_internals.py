@@ -30,3 +30,20 @@ def loopback_only() -> None:
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def autoscaler_max_resources() -> dict[str, float] | None:
+    """The most of each resource the cluster's autoscaler could provide (its node types × their max counts), or None
+    when no autoscaler has published its configuration. Why private: Ray publishes the node types an autoscaler
+    advertises only through `ray._private.state.state.get_max_resources_from_cluster_config` (Ray Train v2 reads it
+    the same way); there is no public API for it yet."""
+    from ray._private import state
+
+    getter = getattr(state.state, "get_max_resources_from_cluster_config", None)
+    if getter is None:  # a Ray without it: treat as no autoscaler information
+        return None
+    try:
+        found = getter()
+    except Exception:  # noqa: BLE001 - no GCS entry, or an autoscaler of another version: no information
+        return None
+    return {k: float(v) for k, v in found.items()} if found else None

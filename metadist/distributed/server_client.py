@@ -1,8 +1,11 @@
 """The driver's handle on the parameter-server actor: every call to it, timed, with its death turned into
-`ParameterServerLost`, and the newest published parameter version."""
+`ParameterServerLost`; the newest published parameter version; and the restart of a lost server from the run's
+last checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from typing import Any
 
@@ -18,21 +21,63 @@ from metadist.distributed.failures import ParameterServerLost
 from metadist.distributed.parameter_server import ApplyReport, ParameterServer, ParamsVersion
 from metadist.distributed.stats import DistributedStats
 
+log = logging.getLogger(__name__)
+
 
 class ServerClient:
     def __init__(self, job: JobConfig, spec: ModelSpec, stats: DistributedStats, checkpoint_directory: str) -> None:
+        self.job, self.spec = job, spec
+        self.stats = stats
+        self.checkpoint_directory = checkpoint_directory
+        self.restarts = 0
+        self.actor = self._start_actor()
+        self.params: ParamsVersion = _get(self.actor.current.remote())
+        self.step_count, self.skipped = 0, 0
+        self._final_state: OuterState | None = None
+        # What a restarted server starts from: the newest checkpoint written in this run, else the state this run
+        # resumed from, else the seeded initial parameters (step 0).
+        self._last_checkpoint: str | None = None
+        self._resumed_from: OuterState | None = None
+
+    def _start_actor(self) -> Any:
         here = ray.get_runtime_context().get_node_id()
         # The server lives on the driver's node: losing that node loses the driver anyway, and no other node's
         # loss can take the parameters with it.
         server_class: Any = ray.remote(ParameterServer)  # an actor class: its handles' methods are typed at runtime only
-        self.actor = server_class.options(
+        return server_class.options(
             num_cpus=0, max_restarts=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
-        ).remote(job, spec.to_dict())
-        self.stats = stats
-        self.checkpoint_directory = checkpoint_directory
-        self.params: ParamsVersion = _get(self.actor.current.remote())
-        self.step_count, self.skipped = 0, 0
-        self._final_state: OuterState | None = None
+        ).remote(self.job, self.spec.to_dict())
+
+    def restart(self, cause: BaseException) -> int:
+        """A new server, from the run's last checkpoint; the step the run continues from (the steps between it and
+        where the run was are computed again). ParameterServerLost when distributed.server_restarts are used up."""
+        allowed = self.job.distributed.server_restarts
+        if self.restarts >= allowed:
+            raise ParameterServerLost(
+                f"{cause}; distributed.server_restarts = {allowed} used up. Resume the run from its last checkpoint in "
+                f"{self.checkpoint_directory} with `metadist train JOB.yaml --resume`"
+            ) from cause
+        self.restarts += 1
+        with contextlib.suppress(Exception):
+            ray.kill(self.actor)
+        self.actor = self._start_actor()
+        if self._last_checkpoint is not None:
+            self.params, step = _get(self.actor.restore.remote(self._last_checkpoint))
+            source = self._last_checkpoint
+        elif self._resumed_from is not None:
+            self.params, step = _get(self.actor.load_state.remote(self._resumed_from)), self._resumed_from.next_step
+            source = "the state this run resumed from"
+        else:
+            self.params, step = _get(self.actor.current.remote()), 0
+            source = "the initial parameters"
+        self.step_count, self.skipped = self._counts(step)
+        log.warning("parameter server lost (%s); restarted from %s at step %d (restart %d of %d)",
+                    str(cause).splitlines()[0], source, step, self.restarts, allowed)
+        return step
+
+    def _counts(self, step: int) -> tuple[int, int]:
+        state: OuterState = _get(self.actor.state.remote())
+        return state.step_count, state.skipped
 
     def apply(self, step: int, weight: float, update_refs: list) -> ApplyReport:
         """Outer step `step` from the updates behind `update_refs` (summed in their order), scaled by `weight`."""
@@ -40,10 +85,7 @@ class ServerClient:
         try:
             report: ApplyReport = _get(self.actor.apply.remote(step, weight, *update_refs))
         except RayActorError as exc:
-            raise ParameterServerLost(
-                f"the parameter server died at step {step} ({exc}); resume the run from its last checkpoint in "
-                f"{self.checkpoint_directory} with `metadist train JOB.yaml --resume`"
-            ) from exc
+            raise ParameterServerLost(f"the parameter server died at step {step} ({exc})") from exc
         self.stats.apply_s.append(report.apply_s)
         self.stats.apply_round_trip_s.append(time.perf_counter() - started)
         self.params = report.params
@@ -61,13 +103,19 @@ class ServerClient:
     def load_state(self, state: OuterState) -> None:
         self.params = _get(self.actor.load_state.remote(state))
         self.step_count, self.skipped = state.step_count, state.skipped
+        self._resumed_from = state
 
     def save(self, step: int, loop: LoopState) -> str:
         """The server writes the checkpoint (it holds the optimizer state), in the local trainer's format."""
         try:
-            return _get(self.actor.save.remote(step, loop, self.checkpoint_directory))
+            uri: str = _get(self.actor.save.remote(step, loop, self.checkpoint_directory))
         except RayActorError as exc:
-            raise ParameterServerLost(f"the parameter server died before checkpointing step {step}: {exc}") from exc
+            raise ParameterServerLost(
+                f"the parameter server died before checkpointing step {step} ({exc}); resume the run from its last "
+                f"checkpoint in {self.checkpoint_directory} with `metadist train JOB.yaml --resume`"
+            ) from exc
+        self._last_checkpoint = uri
+        return uri
 
     def close(self) -> None:
         """Keep the final state here (evaluation and the final checkpoint read it after the actor is gone)."""

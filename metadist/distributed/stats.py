@@ -25,6 +25,7 @@ class DistributedStats:
         self.recomputed_tasks = 0  # tasks computed again: lost with a worker, or part of a dropped stale update
         self.dropped = 0  # async updates dropped as too stale
         self.downweighted = 0
+        self.timed_out = 0  # slices (or async steps) handed to another worker after their deadline
         self._restart_window()
 
     def _restart_window(self) -> None:
@@ -61,6 +62,7 @@ class DistributedStats:
             "recomputed_tasks": float(self.recomputed_tasks),
             "dropped_stale_updates": float(self.dropped),
             "downweighted_updates": float(self.downweighted),
+            "timed_out_slices": float(self.timed_out),
             "staleness_mean": sum(self.staleness) / len(self.staleness) if self.staleness else 0.0,
             "staleness_max": float(max(self.staleness, default=0)),
             "bytes_per_step": self.bytes / max(self.steps, 1),

@@ -1,29 +1,32 @@
 """Synchronous outer steps (`distributed.mode: sync`): every step waits for its whole meta-batch.
 
-One outer step: cut the meta-batch's task indices into `slices` contiguous ranges → hand them round-robin to the
-live workers → gather the reports; a dead worker's slices go to another worker (recomputed, same episodes) → the
-server sums the slices' updates in slice order and applies the step once → the next version of the parameters.
+One outer step: cut the meta-batch's task indices into `slices` contiguous ranges → hand them out from a queue, one
+at a time per worker, so a slow worker does less (each worker first gets the slice it had last step, which it
+sampled ahead) → gather the reports; a dead, raising or hung worker's slice goes to another worker (recomputed,
+same episodes) → the server sums the slices' updates in slice order and applies the step once → the next version.
 Episodes are a function of (seed, step, task index) and the sum is taken in slice order whoever computed a slice,
 so the run does not depend on how many workers were up, or which died: for a given slice count it is the same to
-the bit, and it equals the local trainer's up to float summation order.
+the bit, and it equals the local trainer's up to float summation order. A lost parameter server is restarted from
+the run's last checkpoint and the steps since are computed again: the same bits again.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Generator
 from dataclasses import dataclass
 
 import ray
-from ray.exceptions import ObjectLostError, RayActorError
+from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
 from metadist.config import JobConfig
-from metadist.distributed.failures import MAX_STEP_ATTEMPTS, UpdatesLost
+from metadist.distributed.failures import MAX_STEP_ATTEMPTS, ParameterServerLost, RetryBudget, SliceDeadline, UpdatesLost
 from metadist.distributed.server_client import ServerClient
 from metadist.distributed.stats import DistributedStats
 from metadist.distributed.worker import SliceReport
-from metadist.distributed.worker_group import WorkerGroup
+from metadist.distributed.worker_group import POLL_INTERVAL_S, WorkerGroup
 from metadist.training.loop import StepOutcome, is_log_step
 
 log = logging.getLogger(__name__)
@@ -36,10 +39,11 @@ def slice_bounds(meta_batch: int, slices: int) -> list[tuple[int, int]]:
 
 @dataclass(frozen=True)
 class InFlightSlice:
-    """A slice handed to a worker: which one, to whom, and where its update will be."""
+    """A slice handed to a worker: which one, to whom, when, and where its update will be."""
 
     index: int
     worker_id: int
+    sent_at: float
     update_ref: ray.ObjectRef
 
 
@@ -47,54 +51,95 @@ class SyncSchedule:
     def __init__(self, job: JobConfig, group: WorkerGroup, server: ServerClient, stats: DistributedStats) -> None:
         self.job, self.group, self.server, self.stats = job, group, server, stats
         self.bounds = slice_bounds(job.train.meta_batch, job.distributed.slice_count)
+        self.deadline = SliceDeadline(job.distributed)
+        self.retries = RetryBudget(job.distributed.slice_retries)
+        self.home: dict[int, int] = {}  # slice → the worker that computed it last (and sampled it ahead)
 
     def steps(self, start: int) -> Generator[StepOutcome, None, None]:
+        for step in range(start, self.job.train.steps):
+            yield self._surviving_server_loss(step)
+
+    def _surviving_server_loss(self, step: int) -> StepOutcome:
+        """Step `step`; if the server is lost, restart it from the last checkpoint and compute the steps since."""
+        while True:
+            try:
+                return self._step(step)
+            except ParameterServerLost as exc:
+                resume = self.server.restart(exc)
+                self.stats.recomputed_tasks += (step - resume) * self.job.train.meta_batch
+                for earlier in range(resume, step):
+                    self._surviving_server_loss(earlier)
+
+    def _step(self, step: int) -> StepOutcome:
         train = self.job.train
-        for step in range(start, train.steps):
-            self.group.poll()  # workers placed since the last step join now
-            for _attempt in range(MAX_STEP_ATTEMPTS):
-                reports, update_refs = self.compute_slices(step, self.bounds, with_before=is_log_step(step + 1, train))
-                try:
-                    report = self.server.apply(step, 1.0, update_refs)
-                    break
-                except ObjectLostError as exc:  # an update object went down with its node: recompute the step
-                    log.warning("step %d: an update was lost (%s); recomputing the step", step, exc)
-                    self.stats.recomputed_tasks += train.meta_batch
-            else:
-                raise UpdatesLost(f"step {step}: updates lost {MAX_STEP_ATTEMPTS} times in a row; giving up")
-            yield self.stats.outcome(reports, report, staleness=0)
+        self.group.poll()  # workers placed since the last step join now
+        for _attempt in range(MAX_STEP_ATTEMPTS):
+            reports, update_refs = self.compute_slices(step, self.bounds, with_before=is_log_step(step + 1, train))
+            try:
+                report = self.server.apply(step, 1.0, update_refs)
+                break
+            except ObjectLostError as exc:  # an update object went down with its node: recompute the step
+                log.warning("step %d: an update was lost (%s); recomputing the step", step, exc)
+                self.stats.recomputed_tasks += train.meta_batch
+        else:
+            raise UpdatesLost(f"step {step}: updates lost {MAX_STEP_ATTEMPTS} times in a row; giving up")
+        return self.stats.outcome(reports, report, staleness=0)
 
     def compute_slices(self, step: int, bounds: list[tuple[int, int]], with_before: bool) -> tuple[list[SliceReport], list]:
-        """Every slice of `step` computed on the current parameters, by whichever workers stay alive."""
-        todo = deque(range(len(bounds)))
+        """Every slice of `step` computed on the current parameters, by whichever workers stay alive and well."""
+        queue = deque(range(len(bounds)))
         inflight: dict[ray.ObjectRef, InFlightSlice] = {}  # keyed by the report's reference
         done: dict[int, tuple[SliceReport, ray.ObjectRef]] = {}
-        first_round = True
         last_step = step + 1 >= self.job.train.steps
         params = self.server.params
-        while todo or inflight:
-            if todo:
-                live = self.group.live_workers()
-                load = Counter(s.worker_id for s in inflight.values())
-                while todo:
-                    j = todo.popleft()
-                    if first_round:  # the same worker gets the same slice step after step: its prefetch guess holds
-                        slot = live[j % len(live)]
-                    else:  # a recomputed slice goes to the least busy live worker
-                        slot = min(live, key=lambda s: load[s.worker_id])
-                    load[slot.worker_id] += 1
-                    lo, hi = bounds[j]
-                    prefetch = None if last_step else (step + 1, lo, hi)
-                    report_ref, update_ref = slot.actor.compute.remote(step, lo, hi, params.version, params.box, with_before, prefetch)
-                    inflight[report_ref] = InFlightSlice(j, slot.worker_id, update_ref)
-                first_round = False
-            ready, _ = ray.wait(list(inflight), num_returns=1)
+        while queue or inflight:
+            busy = Counter(s.worker_id for s in inflight.values())
+            for slot in self.group.live_workers() if queue else []:
+                if busy[slot.worker_id] or not queue:
+                    continue
+                # Its own slice from last step first (sampled ahead), else the next in the queue.
+                j = next((j for j in queue if self.home.get(j) == slot.worker_id), queue[0])
+                queue.remove(j)
+                lo, hi = bounds[j]
+                prefetch = None if last_step else (step + 1, lo, hi)
+                report_ref, update_ref = slot.actor.compute.remote(step, lo, hi, params.version, params.box, with_before, prefetch)
+                inflight[report_ref] = InFlightSlice(j, slot.worker_id, time.monotonic(), update_ref)
+                busy[slot.worker_id] += 1
+                self.home[j] = slot.worker_id
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=POLL_INTERVAL_S)
             for ref in ready:
                 sent = inflight.pop(ref)
                 try:
                     done[sent.index] = (ray.get(ref), sent.update_ref)
-                except RayActorError as exc:
+                    self.deadline.observe(time.monotonic() - sent.sent_at)
+                except RayActorError as exc:  # the worker died with the slice
                     self.group.lost(sent.worker_id, exc)
-                    self.stats.recomputed_tasks += bounds[sent.index][1] - bounds[sent.index][0]
-                    todo.append(sent.index)
+                    self._requeue(queue, sent)
+                except RayTaskError as exc:  # the worker raised: replace it, retry the slice (bounded)
+                    where = self.group.where(sent.worker_id)
+                    log.warning("step %d: %s raised %s; replacing it and retrying its slice", step, where,
+                                type(exc.cause).__name__ if exc.cause else "an error")
+                    self.retries.charge((step, sent.index), f"step {step}, tasks {bounds[sent.index]}: {where}", exc)
+                    self.group.replace(sent.worker_id, exc)
+                    self._requeue(queue, sent)
+            self._expire(step, queue, inflight)
         return [done[j][0] for j in range(len(bounds))], [done[j][1] for j in range(len(bounds))]
+
+    def _requeue(self, queue: deque[int], sent: InFlightSlice) -> None:
+        lo, hi = self.bounds[sent.index]
+        self.stats.recomputed_tasks += hi - lo
+        self.home.pop(sent.index, None)
+        queue.appendleft(sent.index)
+
+    def _expire(self, step: int, queue: deque[int], inflight: dict[ray.ObjectRef, InFlightSlice]) -> None:
+        """Slices past their deadline go to another worker; their hung workers are replaced."""
+        limit_s = self.deadline.seconds()
+        now = time.monotonic()
+        for ref, sent in list(inflight.items()):
+            if now - sent.sent_at > limit_s:
+                del inflight[ref]  # a late result is never read
+                where = self.group.where(sent.worker_id)
+                log.warning("step %d: %s did not return its slice within %.0f s; replacing it", step, where, limit_s)
+                self.group.replace(sent.worker_id, TimeoutError(f"{where}: no result within {limit_s:.0f} s"))
+                self.stats.timed_out += 1
+                self._requeue(queue, sent)

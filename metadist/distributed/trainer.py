@@ -17,7 +17,7 @@ from metadist.config import JobConfig
 from metadist.core import LoopState, build, make_sampler, model_spec, resolve_device
 from metadist.distributed.async_steps import AsyncSchedule
 from metadist.distributed.cluster import Connection, connect
-from metadist.distributed.resources import worker_resources
+from metadist.distributed.resources import ClusterGPUs, worker_resources
 from metadist.distributed.server_client import ServerClient
 from metadist.distributed.stats import DistributedStats
 from metadist.distributed.sync_steps import SyncSchedule
@@ -49,7 +49,8 @@ class DistributedSteps(StepSource):
         self.server: ServerClient | None = None
         self.connection: Connection = connect(job.distributed)
         try:
-            self.resources = worker_resources(job.distributed, job.train)
+            self.resources = worker_resources(job.distributed, job.train, ClusterGPUs.read())
+            log.info("each task worker asks for %s: %s", self.resources.as_options(), self.resources.reason)
             self.server = ServerClient(job, self.spec, self.stats, self.checkpoint_directory)
             self.group = WorkerGroup(job, self.spec.to_dict(), self.resources)  # asks for its workers in start()
         except BaseException:

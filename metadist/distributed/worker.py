@@ -24,7 +24,7 @@ import torch
 
 from metadist.algorithms.functional import Params, tensor_bytes
 from metadist.config import JobConfig
-from metadist.core import ModelSpec, build, make_sampler, resolve_device
+from metadist.core import ModelSpec, build, make_sampler
 from metadist.data import Lookahead
 from metadist.runtime import configure_process
 
@@ -45,7 +45,7 @@ class SliceReport:
     sample_s: float  # waiting for episodes (0 when prefetched in time)
     fetched_bytes: int  # meta-parameters fetched from the object store for this call (0: cached version)
     update_bytes: int  # size of the returned update tensors
-    system: dict[str, float] = field(default_factory=dict)  # this process's rss_mb, cpu_percent
+    system: dict[str, float] = field(default_factory=dict)  # rss_mb, cpu_percent, gpus (held), on_cuda (0 or 1)
 
 
 class TaskWorker:
@@ -56,7 +56,8 @@ class TaskWorker:
         self.worker_id = worker_id
         self.job = job
         # Ray sets CUDA_VISIBLE_DEVICES to the GPUs this actor owns; without any it runs on the CPU.
-        self.device = resolve_device(job.train.device if ray.get_gpu_ids() else "cpu")
+        self.gpu_ids = [str(i) for i in ray.get_gpu_ids()]
+        self.device = worker_device(job.train.device, self.gpu_ids, torch.cuda.is_available())
         self.sampler = make_sampler(job, "train", progress=False)
         self.model, self.learner = build(job, ModelSpec.from_dict(spec))
         self.model.to(self.device)
@@ -70,6 +71,7 @@ class TaskWorker:
         """Where this worker runs; the driver waits on it to know the actor is placed and built."""
         ctx = ray.get_runtime_context()
         return {"worker_id": self.worker_id, "pid": os.getpid(), "node_id": ctx.get_node_id(), "device": str(self.device),
+                "gpu_ids": self.gpu_ids, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "threads": torch.get_num_threads()}
 
     @ray.method(num_returns=2)
@@ -95,12 +97,27 @@ class TaskWorker:
         report = SliceReport(
             worker_id=self.worker_id, step=step, lo=lo, hi=hi, version=version, num_tasks=update.num_tasks,
             metrics=dict(update.metrics), before=before, compute_s=done - sampled, sample_s=sampled - start,
-            fetched_bytes=fetched, update_bytes=tensor_bytes(tensors), system=self._process(),
+            fetched_bytes=fetched, update_bytes=tensor_bytes(tensors), system={**self._process(), "gpus": float(len(self.gpu_ids)), "on_cuda": float(self.device.type == "cuda")},
         )
         return report, update
 
     def _sample(self, step: int, lo: int, hi: int):
         return self.sampler.sample(step, range(lo, hi)).to(self.device)
+
+
+def worker_device(configured: str, gpu_ids: list[str], cuda_available: bool) -> torch.device:
+    """The device a worker trains on. Ray sets CUDA_VISIBLE_DEVICES to the GPUs it gave the actor, so the worker's own
+    GPU is always cuda:0; without one it trains on the CPU. A worker told to use CUDA that cannot fails here, at
+    start, with a message that says why (the driver reports it as the worker failing to start)."""
+    if configured == "cpu":
+        return torch.device("cpu")
+    if gpu_ids and cuda_available:
+        return torch.device("cuda", 0)
+    if configured.startswith("cuda"):
+        why = (f"Ray gave it GPU(s) {', '.join(gpu_ids)} but this process's torch sees no CUDA device "
+               f"(a CPU build of torch, or no driver on the node)" if gpu_ids else "Ray gave it no GPU")
+        raise RuntimeError(f"train.device is {configured!r}, but {why}")
+    return torch.device("cpu")
 
 
 def _process_monitor():

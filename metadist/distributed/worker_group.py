@@ -121,6 +121,20 @@ class WorkerGroup:
             self.wait_for(1)
         return [self.live[k] for k in sorted(self.live)]
 
+    def where(self, worker_id: int) -> str:
+        """'task worker N on node ABCDEF12' for messages."""
+        slot = self.live.get(worker_id) or self.pending.get(worker_id)
+        node = (slot.info or {}).get("node_id", "?")[:8] if slot else "?"
+        return f"task worker {worker_id} on node {node}"
+
+    def replace(self, worker_id: int, exc: BaseException) -> None:
+        """Worker `worker_id` is alive but not to be trusted (it raised, or hung past its deadline): end it, and
+        replace it as if it had died. Its calls still queued are abandoned with it."""
+        slot = self.live.get(worker_id) or self.pending.get(worker_id)
+        if slot is not None:
+            ray.kill(slot.actor, no_restart=True)
+        self.lost(worker_id, exc)
+
     def lost(self, worker_id: int, exc: BaseException) -> None:
         """Worker `worker_id` died: drop it and ask for a replacement (which joins when placed)."""
         slot = self.live.pop(worker_id, None) or self.pending.pop(worker_id, None)
