@@ -10,7 +10,9 @@ into memory with metadist's Omniglot preprocessing (grey, 28×28 LANCZOS, invert
 [1, 28, 28]), wrapped in l2l.data.MetaDataset, and sampled through the transforms of learn2learn's own Omniglot
 benchmark (learn2learn/vision/benchmarks/omniglot_benchmark.py): NWays, KShots(K + Q), LoadData, RemapLabels,
 ConsecutiveLabels and, with --rotations, RandomClassRotation by 0/90/180/270 degrees. Prints one result line
-(see data_sampler.emit); the timing and memory helpers are data_sampler's, which imports only the standard library.
+(common.results.emit); the timing and memory helpers are bench/common's, which imports only the standard library.
+Also the learn2learn-side helpers the other bench/_l2l_*.py scripts share: load_omniglot, taskset,
+support_query_masks.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import time
 import warnings
 from pathlib import Path
 
-from data_sampler import emit, measure_rate, memory_mb
+from common.measure import measure_rate, memory_mb
+from common.results import emit
 
 ROTATION_DEGREES = [0.0, 90.0, 180.0, 270.0]
 
@@ -60,8 +63,10 @@ def load_omniglot(root: Path, torch):
     return images, labels
 
 
-def in_memory_dataset(images, labels, torch, l2l):
-    """learn2learn's MetaDataset over the images load_omniglot returns (shared by the learn2learn-side scripts)."""
+def taskset(images, labels, torch, l2l, *, ways: int, k: int, rotations: bool, fused: bool = True):
+    """learn2learn's TaskDataset over the images load_omniglot returns (a MetaDataset of them in memory), with the
+    transforms of its Omniglot benchmark: `ways` classes of `k` examples (FusedNWaysKShots, or NWays then KShots),
+    LoadData, RemapLabels, ConsecutiveLabels and, with `rotations`, RandomClassRotation by ROTATION_DEGREES."""
 
     class InMemoryOmniglot(torch.utils.data.Dataset):
         def __len__(self):
@@ -70,21 +75,28 @@ def in_memory_dataset(images, labels, torch, l2l):
         def __getitem__(self, index):
             return images[index], labels[index]
 
-    return l2l.data.MetaDataset(InMemoryOmniglot())
-
-
-def build_taskset(images, labels, args, torch, l2l):
-    dataset = in_memory_dataset(images, labels, torch, l2l)
-    transforms = [
-        l2l.data.transforms.NWays(dataset, n=args.ways),
-        l2l.data.transforms.KShots(dataset, k=args.shots + args.queries),
+    dataset = l2l.data.MetaDataset(InMemoryOmniglot())
+    if fused:
+        transforms = [l2l.data.transforms.FusedNWaysKShots(dataset, n=ways, k=k)]
+    else:
+        transforms = [l2l.data.transforms.NWays(dataset, n=ways), l2l.data.transforms.KShots(dataset, k=k)]
+    transforms += [
         l2l.data.transforms.LoadData(dataset),
         l2l.data.transforms.RemapLabels(dataset),
         l2l.data.transforms.ConsecutiveLabels(dataset),
     ]
-    if args.rotations:
+    if rotations:
         transforms.append(l2l.vision.transforms.RandomClassRotation(dataset, ROTATION_DEGREES))
     return l2l.data.TaskDataset(dataset, transforms, num_tasks=-1)
+
+
+def support_query_masks(ways: int, shots: int, queries: int, np, torch):
+    """Support / query masks of an episode as maml_omniglot.py splits it (ConsecutiveLabels puts each class's
+    shots + queries examples together)."""
+    per_class = shots + queries
+    is_support = np.zeros(ways * per_class, dtype=bool)
+    is_support[np.arange(ways)[:, None] * per_class + np.arange(shots)] = True
+    return torch.from_numpy(is_support), torch.from_numpy(~is_support)
 
 
 def main() -> None:
@@ -98,14 +110,14 @@ def main() -> None:
     random.seed(args.seed)  # learn2learn draws classes, shots and rotations from Python's random
     started = time.perf_counter()
     images, labels = load_omniglot(args.images, torch)
-    taskset = build_taskset(images, labels, args, torch, l2l)
+    tasks = taskset(images, labels, torch, l2l, ways=args.ways, k=args.shots + args.queries, rotations=args.rotations, fused=False)
     setup_s = time.perf_counter() - started
     memory_before = memory_mb()
-    data, _ = taskset.sample()
+    data, _ = tasks.sample()
     n_examples = args.ways * (args.shots + args.queries)
     if tuple(data.shape) != (n_examples, 1, 28, 28):
         raise RuntimeError(f"learn2learn episode has shape {tuple(data.shape)}, expected ({n_examples}, 1, 28, 28)")
-    rate = measure_rate(taskset.sample, 1, seconds=args.seconds, repeats=args.repeats, warmup_s=args.warmup_s)
+    rate = measure_rate(tasks.sample, 1, seconds=args.seconds, repeats=args.repeats, warmup_s=args.warmup_s)
     emit(
         {
             **rate,

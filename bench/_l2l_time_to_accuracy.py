@@ -10,20 +10,21 @@ tasks a step, 1 inner step at 0.5, Adam at 0.003, first order), on its Omniglot 
 small1's images as bench/_l2l_sampler.py loads them; it stops at the budget. Testing adapts as in training
 (1 step at 0.5) and scores 5 queries per class on `--episodes` 5-way 1-shot episodes of the characters under
 `--test` (small2's new alphabets), no rotations, as metadist's held-out episodes: mean ± 95% CI.
-Prints one JSON line.
+Prints one result line (common.results.emit). The training step is bench/_l2l_train.py's meta_step.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
-import time
 import warnings
 from pathlib import Path
 
-from _l2l_sampler import ROTATION_DEGREES, in_memory_dataset, load_omniglot
+from _l2l_sampler import load_omniglot, support_query_masks, taskset
+from _l2l_train import adapted, meta_step
+from common.measure import Stopwatch
+from common.results import emit
 
 
 def parse_args() -> argparse.Namespace:
@@ -42,27 +43,6 @@ WAYS, SHOTS, TRAIN_QUERIES, TEST_QUERIES = 5, 1, 1, 5
 META_BATCH, FAST_LR, META_LR, ADAPTATION_STEPS = 32, 0.5, 0.003, 1
 
 
-def taskset(images, labels, queries, rotations, torch, l2l):
-    dataset = in_memory_dataset(images, labels, torch, l2l)
-    transforms = [
-        l2l.data.transforms.FusedNWaysKShots(dataset, n=WAYS, k=SHOTS + queries),
-        l2l.data.transforms.LoadData(dataset),
-        l2l.data.transforms.RemapLabels(dataset),
-        l2l.data.transforms.ConsecutiveLabels(dataset),
-    ]
-    if rotations:
-        transforms.append(l2l.vision.transforms.RandomClassRotation(dataset, ROTATION_DEGREES))
-    return l2l.data.TaskDataset(dataset, transforms, num_tasks=-1)
-
-
-def split(queries, np, torch):
-    """Support / query masks of an episode (ConsecutiveLabels puts each class's K+Q examples together)."""
-    per_class = SHOTS + queries
-    is_support = np.zeros(WAYS * per_class, dtype=bool)
-    is_support[np.arange(WAYS)[:, None] * per_class + np.arange(SHOTS)] = True
-    return torch.from_numpy(is_support), torch.from_numpy(~is_support)
-
-
 def main() -> None:
     args = parse_args()
     warnings.filterwarnings("ignore")  # learn2learn's imports warn about gym and torchvision versions
@@ -73,47 +53,36 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
     torch.manual_seed(args.seed)
-    train = taskset(*load_omniglot(args.train, torch), TRAIN_QUERIES, True, torch, l2l)
-    test = taskset(*load_omniglot(args.test, torch), TEST_QUERIES, False, torch, l2l)
+    train = taskset(*load_omniglot(args.train, torch), torch, l2l, ways=WAYS, k=SHOTS + TRAIN_QUERIES, rotations=True)
+    test = taskset(*load_omniglot(args.test, torch), torch, l2l, ways=WAYS, k=SHOTS + TEST_QUERIES, rotations=False)
 
     model = l2l.vision.models.OmniglotCNN(WAYS)
     maml = l2l.algorithms.MAML(model, lr=FAST_LR, first_order=True)
     optimizer = torch.optim.Adam(maml.parameters(), META_LR)
     loss = torch.nn.CrossEntropyLoss(reduction="mean")
-    support, query = split(TRAIN_QUERIES, np, torch)
+    masks = support_query_masks(WAYS, SHOTS, TRAIN_QUERIES, np, torch)
 
-    steps, started = 0, time.perf_counter()
-    while time.perf_counter() - started < args.budget_s:
-        optimizer.zero_grad()
-        for _ in range(META_BATCH):
-            data, targets = train.sample()
-            learner = maml.clone()
-            for _ in range(ADAPTATION_STEPS):
-                learner.adapt(loss(learner(data[support]), targets[support]))
-            loss(learner(data[query]), targets[query]).backward()
-        for p in maml.parameters():
-            p.grad.data.mul_(1.0 / META_BATCH)
-        optimizer.step()
+    steps, watch = 0, Stopwatch()
+    while watch.wall < args.budget_s:
+        meta_step(maml, optimizer, loss, train, masks, meta_batch=META_BATCH, inner_steps=ADAPTATION_STEPS)
         steps += 1
-    train_s = time.perf_counter() - started
+    train_s = watch.wall
 
-    support, query = split(TEST_QUERIES, np, torch)
+    support, query = support_query_masks(WAYS, SHOTS, TEST_QUERIES, np, torch)
     accuracies = []
     for _ in range(args.episodes):
         data, targets = test.sample()
-        learner = maml.clone()
-        for _ in range(ADAPTATION_STEPS):
-            learner.adapt(loss(learner(data[support]), targets[support]))
+        learner = adapted(maml, loss, data, targets, support, ADAPTATION_STEPS)
         with torch.no_grad():
             predicted = learner(data[query]).argmax(1)
         accuracies.append(float((predicted == targets[query]).float().mean()))
     a = np.asarray(accuracies)
     ci95 = 1.96 * a.std(ddof=1) / math.sqrt(len(a))
-    print(json.dumps({
+    emit({
         "steps": steps, "train_time_s": train_s, "tasks_per_step": META_BATCH, "threads": torch.get_num_threads(),
         "torch": torch.__version__, "learn2learn": l2l.__version__,
         "test": {"accuracy_after": {"mean": float(a.mean()), "ci95": float(ci95), "episodes": len(a)}},
-    }), flush=True)
+    })
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ the summed gradients are divided by 32 and Adam steps. The model is learn2learn'
 from the transforms of learn2learn's Omniglot benchmark (vision/benchmarks/omniglot_benchmark.py):
 FusedNWaysKShots(N, K+Q), LoadData, RemapLabels, ConsecutiveLabels, RandomClassRotation(0/90/180/270°), over
 the images of DIR loaded as bench/_l2l_sampler.py loads them (metadist's Omniglot preprocessing).
+meta_step and adapted are that loop, shared with bench/_l2l_time_to_accuracy.py.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 import warnings
 from pathlib import Path
 
-from _l2l_sampler import ROTATION_DEGREES, in_memory_dataset, load_omniglot
+from _l2l_sampler import load_omniglot, support_query_masks, taskset
 from train_speed import META_BATCH, serve
 
 
@@ -43,16 +44,30 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def build_taskset(images, labels, args, torch, l2l):
-    dataset = in_memory_dataset(images, labels, torch, l2l)
-    transforms = [
-        l2l.data.transforms.FusedNWaysKShots(dataset, n=args.ways, k=args.shots + args.queries),
-        l2l.data.transforms.LoadData(dataset),
-        l2l.data.transforms.RemapLabels(dataset),
-        l2l.data.transforms.ConsecutiveLabels(dataset),
-        l2l.vision.transforms.RandomClassRotation(dataset, ROTATION_DEGREES),
-    ]
-    return l2l.data.TaskDataset(dataset, transforms, num_tasks=-1)
+def adapted(maml, loss, data, targets, support, steps: int):
+    """A clone of `maml` adapted by `steps` SGD steps on the episode's support examples."""
+    learner = maml.clone()
+    for _ in range(steps):
+        learner.adapt(loss(learner(data[support]), targets[support]))
+    return learner
+
+
+def meta_step(maml, optimizer, loss, tasks, masks, *, meta_batch: int, inner_steps: int) -> float:
+    """One meta-training step of maml_omniglot.py: for each of `meta_batch` episodes, adapt a clone and backpropagate
+    its query loss; divide the summed gradients by `meta_batch`; step. Returns the seconds spent sampling."""
+    support, query = masks
+    sample_s = 0.0
+    optimizer.zero_grad()
+    for _ in range(meta_batch):
+        started = time.perf_counter()
+        data, targets = tasks.sample()
+        sample_s += time.perf_counter() - started
+        learner = adapted(maml, loss, data, targets, support, inner_steps)
+        loss(learner(data[query]), targets[query]).backward()
+    for p in maml.parameters():
+        p.grad.data.mul_(1.0 / meta_batch)
+    optimizer.step()
+    return sample_s
 
 
 def main() -> None:
@@ -67,34 +82,17 @@ def main() -> None:
     random.seed(args.seed)  # learn2learn draws classes, shots and rotations from Python's random
     torch.manual_seed(args.seed)
     images, labels = load_omniglot(args.images, torch)
-    taskset = build_taskset(images, labels, args, torch, l2l)
+    tasks = taskset(images, labels, torch, l2l, ways=args.ways, k=args.shots + args.queries, rotations=True)
 
     model = l2l.vision.models.OmniglotCNN(args.ways)
     maml = l2l.algorithms.MAML(model, lr=args.inner_lr, first_order=args.algorithm == "fomaml")
     optimizer = torch.optim.Adam(maml.parameters(), args.meta_lr)
     loss = torch.nn.CrossEntropyLoss(reduction="mean")
-    # maml_omniglot.py's split of an episode (ConsecutiveLabels puts each class's K+Q examples together).
-    per_class = args.shots + args.queries
-    is_support = np.zeros(args.ways * per_class, dtype=bool)
-    is_support[np.arange(args.ways)[:, None] * per_class + np.arange(args.shots)] = True
-    support_index, query_index = torch.from_numpy(is_support), torch.from_numpy(~is_support)
+    masks = support_query_masks(args.ways, args.shots, args.queries, np, torch)
 
     def step() -> float:
         """One meta-training step; returns the seconds spent sampling episodes."""
-        sample_s = 0.0
-        optimizer.zero_grad()
-        for _ in range(META_BATCH):
-            started = time.perf_counter()
-            data, targets = taskset.sample()
-            sample_s += time.perf_counter() - started
-            learner = maml.clone()
-            for _ in range(args.inner_steps):
-                learner.adapt(loss(learner(data[support_index]), targets[support_index]))
-            loss(learner(data[query_index]), targets[query_index]).backward()
-        for p in maml.parameters():
-            p.grad.data.mul_(1.0 / META_BATCH)
-        optimizer.step()
-        return sample_s
+        return meta_step(maml, optimizer, loss, tasks, masks, meta_batch=META_BATCH, inner_steps=args.inner_steps)
 
     info = {
         "threads": torch.get_num_threads(),

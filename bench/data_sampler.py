@@ -23,39 +23,32 @@ under different class names (10×) in small shards, then each set is sampled (5-
 Output: a table on stdout, bench/results/data_sampler.json, and the section "## Data layer: episode sampling"
 of docs/benchmarks.md (only that section is replaced).
 
-The module's top level imports only the standard library: bench/_l2l_sampler.py runs under learn2learn's
-virtualenv and imports the timing and memory helpers from here. metadist is imported inside functions.
+The module's top level imports only the standard library (and bench/common, which does too); metadist is imported
+inside functions. The section's text is docs/templates/data_sampler.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import hashlib
-import json
 import os
-import platform
-import resource
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from _bundled import extract_bundled
-from _docs import replace_section
-from typing import Callable
+from common import BENCH_DIR
+from common.docs import fmt_sources, markdown_table, render, template_heading
+from common.measure import Stopwatch, measure_rate, memory_mb
+from common.peers import add_l2l_argument, extract_bundled, l2l_line, resolve_l2l_python
+from common.results import (
+    add_output_arguments, emit, machine_info, publish, results_path, run_worker, source_hashes, worker_env,
+)
+from common.stats import fmt_spread, spread
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-RESULTS_PATH = BENCH_DIR / "results" / "data_sampler.json"
-DOC_PATH = REPO / "docs" / "benchmarks.md"
-DOC_SECTION = "## Data layer: episode sampling"
+RESULTS_PATH = results_path("data_sampler")
+DOC_SECTION = template_heading("data_sampler")
 COMMAND = ".venv/bin/python bench/data_sampler.py"
-SETUP_L2L = "../shared/peers/setup-learn2learn.sh"  # from the repository root
-RESULT_MARK = "@@bench-result "  # prefixes the one JSON line a worker process prints
 
 SHOTS, QUERIES = 1, 5
 META_BATCH = 32  # episodes per call in the trainer's usage
@@ -96,73 +89,12 @@ CONFIGS = (Episodes(5, True), Episodes(5, False), Episodes(20, True), Episodes(2
 SIDES = (("learn2learn", "learn2learn"), ("metadist_1", "metadist 1/call"), ("metadist_32", f"metadist {META_BATCH}/call"))
 
 
-# -- helpers shared with bench/_l2l_sampler.py (standard library only) -------------------------------------------
-def memory_mb() -> dict[str, float]:
-    """This process's VmHWM (peak RSS), VmRSS, RssAnon and RssFile in MiB, from /proc/self/status."""
-    wanted = {"VmHWM": "peak_rss", "VmRSS": "rss", "RssAnon": "rss_anon", "RssFile": "rss_file"}
-    out = {}
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            key, _, value = line.partition(":")
-            if key in wanted:
-                out[wanted[key]] = int(value.split()[0]) / 1024  # kB → MiB
-    return out
-
-
-def measure_rate(
-    sample_once: Callable[[], object], episodes_per_call: int, *, seconds: float, repeats: int, warmup_s: float
-) -> dict:
-    """Call sample_once for warmup_s untimed, then `repeats` times for at least `seconds` each; episodes/s.
-
-    cpu_per_wall: CPU time over wall time while timed, near 1 with one thread on an idle core, lower when other
-    processes took the core away. minor_faults_per_call: pages the process had to map in per call, near 0 once
-    its memory is reused from call to call.
-    """
-    run_for(sample_once, warmup_s)
-    rates, cpu_per_wall, faults_per_call = [], [], []
-    for _ in range(repeats):
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        calls, elapsed, cpu_s = run_for(sample_once, seconds)
-        faults_per_call.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / calls)
-        rates.append(calls * episodes_per_call / elapsed)
-        cpu_per_wall.append(cpu_s / elapsed)
-    return {"episodes_per_s": rates, "cpu_per_wall": cpu_per_wall, "minor_faults_per_call": faults_per_call}
-
-
-def run_for(fn: Callable[[], object], seconds: float) -> tuple[int, float, float]:
-    """Call fn at least once and until `seconds` have passed; (calls, elapsed seconds, CPU seconds)."""
-    calls, start, cpu_start = 0, time.perf_counter(), time.process_time()
-    while True:
-        fn()
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return calls, elapsed, time.process_time() - cpu_start
-
-
-def emit(result: dict) -> None:
-    print(RESULT_MARK + json.dumps(result), flush=True)
-
-
 # -- worker processes -----------------------------------------------------------------------------------------------
-def run_worker(command: list[str]) -> dict:
-    """Run a worker process and return the result it printed; its stderr is shown only if it fails."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
-    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARK)]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"worker failed (exit {done.returncode}): {' '.join(command)}\n{done.stderr[-4000:]}")
-    return json.loads(lines[-1][len(RESULT_MARK):])
-
-
 def run_workers(command: list[str], processes: int) -> dict:
     """The same measurement in `processes` fresh processes: median and range of all timed runs, largest memory."""
-    results = [run_worker(command) for _ in range(processes)]
-    rates = [rate for r in results for rate in r["episodes_per_s"]]
+    results = [run_worker(command, env=worker_env(THREADS)) for _ in range(processes)]
     return {
-        "episodes_per_s": statistics.median(rates),
-        "min_episodes_per_s": min(rates),
-        "max_episodes_per_s": max(rates),
+        **spread((rate for r in results for rate in r["episodes_per_s"]), "episodes_per_s"),
         "cpu_per_wall": min(c for r in results for c in r["cpu_per_wall"]),
         "memory_mb": {key: max(r["memory_mb"][key] for r in results) for key in results[0]["memory_mb"]},
         "memory_before_mb": {key: max(r["memory_before_mb"][key] for r in results) for key in results[0]["memory_before_mb"]},
@@ -207,10 +139,10 @@ def worker_scale(args: argparse.Namespace) -> None:
     sampler = EpisodeSampler(shards, shape, seed=SEED, cache_mb=SCALE_CACHE_MB)
     tasks = list(range(SCALE_TASKS_PER_CALL))
     memory_before = memory_mb()
-    start, cpu_start = time.perf_counter(), time.process_time()
+    watch = Stopwatch()
     for step in range(SCALE_EPISODES // len(tasks)):
         sampler.sample(step, tasks)
-    elapsed, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+    elapsed, cpu_s = watch.wall, watch.cpu
     emit(
         {
             "episodes": SCALE_EPISODES,
@@ -255,18 +187,6 @@ def write_scaled_set(source_uri: str, factor: int, out: Path) -> str:
     return str(out)
 
 
-def resolve_l2l_python(path: str) -> str | None:
-    if os.access(path, os.X_OK):
-        return path
-    print(
-        f"learn2learn side SKIPPED: no interpreter at {path}.\n"
-        f"  Build it with {SETUP_L2L} [VENV_DIR] (from the repository root, about 2 minutes), then pass "
-        "--l2l-python VENV_DIR/bin/python or set L2L_PYTHON.",
-        file=sys.stderr,
-    )
-    return None
-
-
 # -- the parent: measurements ---------------------------------------------------------------------------------------
 def episode_flags(episodes: Episodes, args: argparse.Namespace) -> list[str]:
     flags = ["--ways", str(episodes.ways), "--seconds", str(args.seconds), "--repeats", str(args.repeats)]
@@ -301,7 +221,7 @@ def scale_rows(base_uri: str, workdir: Path) -> list[dict]:
     rows = []
     for factor in SCALE_FACTORS:
         uri = write_scaled_set(base_uri, factor, workdir / f"small1-x{factor}")
-        rows.append({"factor": factor, **run_worker([sys.executable, __file__, "--worker", "scale", "--uri", uri])})
+        rows.append({"factor": factor, **run_worker([sys.executable, __file__, "--worker", "scale", "--uri", uri], env=worker_env(THREADS))})
         progress(f"shard set × {factor}", "metadist", rows[-1])
     return rows
 
@@ -322,39 +242,27 @@ def progress(what: str, side: str, result: dict | None) -> None:
 
 
 # -- the parent: report ---------------------------------------------------------------------------------------------
-def machine_info(l2l_rows: list[dict | None]) -> dict:
+def machine(l2l_rows: list[dict | None]) -> dict:
     import numpy
     import pyarrow
-    import torch
 
-    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
-        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
-    l2l_versions = next((r["processes"][0]["versions"] for r in l2l_rows if r), None)
-    return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "load_average_1min_at_end": os.getloadavg()[0],
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "pyarrow": pyarrow.__version__,
-        "numpy": numpy.__version__,
-        "learn2learn_env": l2l_versions,
-        "threads": THREADS,
-        "sources_sha256": source_hashes(),
-    }
+    return machine_info(
+        load={"load_average_1min_at_end": os.getloadavg()[0]},
+        pyarrow=pyarrow.__version__,
+        numpy=numpy.__version__,
+        learn2learn_env=next((r["processes"][0]["versions"] for r in l2l_rows if r), None),
+        threads=THREADS,
+        sources_sha256=data_sources(),
+    )
 
 
-def source_hashes() -> dict[str, str]:
+def data_sources() -> dict[str, str]:
     """Which version of the data layer the figures belong to (it is under active development)."""
-    names = ("sampler.py", "cache.py", "rng.py", "shardset.py")
-    return {name: hashlib.sha256((REPO / "metadist" / "data" / name).read_bytes()).hexdigest()[:16] for name in names}
+    return source_hashes(("sampler.py", "cache.py", "rng.py", "shardset.py"), under="metadist/data")
 
 
 def fmt_rate(result: dict | None) -> str:
-    if result is None:
-        return "not run"
-    return f"{result['episodes_per_s']:,.0f} ({result['min_episodes_per_s']:,.0f}–{result['max_episodes_per_s']:,.0f})"
+    return fmt_spread(result, "episodes_per_s", ",.0f")
 
 
 def fmt_ratio(ratio: float | None, met: bool | None) -> str:
@@ -366,11 +274,6 @@ def fmt_memory(result: dict | None) -> str:
         return "not run"
     m = result["memory_mb"]
     return f"{m['peak_rss']:.0f} / {m['rss_anon']:.0f} ({result['memory_before_mb']['rss']:.0f})"
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def speed_table(rows: list[dict]) -> str:
@@ -486,74 +389,28 @@ def notes(report: dict) -> list[str]:
 
 def doc_section(report: dict) -> str:
     m, s = report["machine"], report["settings"]
-    l2l = m["learn2learn_env"]
-    l2l_line = (
-        f"learn2learn {l2l['learn2learn']} with torch {l2l['torch']}, torchvision {l2l['torchvision']}"
-        if l2l
-        else f"learn2learn side not run (no learn2learn virtualenv; build one with {SETUP_L2L})"
+    return render(
+        "data_sampler", command=COMMAND, date=m["date"][:10], cores=m["cores"], cpu=m["cpu"], python=m["python"],
+        torch=m["torch"], pyarrow=m["pyarrow"], numpy=m["numpy"], l2l_line=l2l_line(m["learn2learn_env"]),
+        sources=fmt_sources(m["sources_sha256"]), threads=m["threads"], speed_cache_mb=SPEED_CACHE_MB,
+        meta_batch=META_BATCH, processes=s["processes"], warmup_s=s["warmup_s"], seconds=s["seconds"],
+        runs=f"{s['repeats']} timed run" + ("s" if s["repeats"] != 1 else ""),
+        speed_table=speed_table(report["speed"]), memory_table=memory_table(report["speed"]),
+        scale_shard_mb=SCALE_SHARD_MB, scale_tasks_per_call=SCALE_TASKS_PER_CALL, scale_episodes=SCALE_EPISODES,
+        scale_cache_mb=SCALE_CACHE_MB, scale_table=scale_table(report["scale"]["rows"]),
+        targets="\n".join(targets_summary(report)), notes="\n".join(notes(report)),
     )
-    sources = ", ".join(f"{name} `{digest[:8]}`" for name, digest in m["sources_sha256"].items())
-    runs = f"{s['repeats']} timed run" + ("s" if s["repeats"] != 1 else "")
-    return f"""{DOC_SECTION}
-
-`{COMMAND}` (or `make bench-data`), run on {m['date'][:10]}: {m['cores']} cores ({m['cpu']}), Python {m['python']},
-torch {m['torch']}, pyarrow {m['pyarrow']}, numpy {m['numpy']};
-{l2l_line}.
-metadist's data layer as measured (SHA-256 prefixes): {sources}.
-Raw figures: `bench/results/data_sampler.json`.
-
-Both sides sample Omniglot images_background_small1 (136 characters × 20 drawings, 28×28, inverted, x / 255) in
-one process with `torch.set_num_threads({m['threads']})`. learn2learn: `TaskDataset(MetaDataset(in-memory dataset),
-[NWays, KShots(K+Q), LoadData, RemapLabels, ConsecutiveLabels(, RandomClassRotation 0/90/180/270°)],
-num_tasks=-1).sample()`, the transforms of its own Omniglot benchmark, one episode per call. metadist:
-`EpisodeSampler(ShardSet(bundled://omniglot-small1), cache_mb={SPEED_CACHE_MB}).sample(step, tasks)` with one task per
-call (the same unit of work) and with {META_BATCH} tasks per call (how the trainer calls it).
-Each figure: {s['processes']} fresh processes, each a {s['warmup_s']:g} s warm-up then {runs} of at least {s['seconds']:g} s;
-the median episodes/s over all timed runs, with their range in brackets.
-
-### Episodes per second
-
-{speed_table(report['speed'])}
-
-### Memory of the sampling process: peak RSS / RssAnon at the end (RSS before the first episode), MiB
-
-{memory_table(report['speed'])}
-
-learn2learn's process also holds torchvision and the 2,720 images as float32 tensors (8.5 MB of pixels).
-
-### Peak memory with a 10× larger shard set
-
-small1 written once and ten times over under different class names, in {SCALE_SHARD_MB:g} MB shards; each set sampled in
-a fresh process: 5-way 1-shot 5-query episodes with rotations, {SCALE_TASKS_PER_CALL} per call, {SCALE_EPISODES:,} episodes,
-`cache_mb={SCALE_CACHE_MB:g}` (smaller than either set's pixels, 2.1 MB and 21 MB), so both stream through the same arena.
-Episodes/s here includes reading evicted classes back from the shards.
-
-{scale_table(report['scale']['rows'])}
-
-### Targets (from the issue), on the figures above
-
-{chr(10).join(targets_summary(report))}
-
-### Notes
-
-{chr(10).join(notes(report))}
-"""
 
 
 # -- entry point ----------------------------------------------------------------------------------------------------
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--l2l-python",
-        default=os.environ.get("L2L_PYTHON", "/tmp/l2l-venv/bin/python"),
-        help="interpreter of the learn2learn virtualenv (default: $L2L_PYTHON, else /tmp/l2l-venv/bin/python)",
-    )
+    add_l2l_argument(parser)
     parser.add_argument("--processes", type=int, default=3, help="fresh processes per figure (default 3)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per process (default 1)")
     parser.add_argument("--seconds", type=float, default=1.0, help="least length of a timed run (default 1)")
     parser.add_argument("--warmup-s", type=float, default=0.5, help="untimed sampling first (default 0.5)")
-    parser.add_argument("--results", type=Path, default=RESULTS_PATH, help="JSON output")
-    parser.add_argument("--doc", type=Path, default=DOC_PATH, help="Markdown file whose section is replaced")
+    add_output_arguments(parser, RESULTS_PATH)
     # Internal: a worker process for one measurement.
     parser.add_argument("--worker", choices=("speed", "scale"), help=argparse.SUPPRESS)
     parser.add_argument("--uri", help=argparse.SUPPRESS)
@@ -568,7 +425,7 @@ def main() -> None:
     if args.worker:
         {"speed": worker_speed, "scale": worker_scale}[args.worker](args)
         return
-    started, sources = time.perf_counter(), source_hashes()
+    started, sources = time.perf_counter(), data_sources()
     l2l_python = resolve_l2l_python(args.l2l_python)
     uri = small1_uri()
     with tempfile.TemporaryDirectory(prefix="metadist-bench-") as tmp:
@@ -579,7 +436,7 @@ def main() -> None:
         scale = scale_rows(uri, Path(tmp))
     report = {
         "command": COMMAND,
-        "machine": machine_info([r["learn2learn"] for r in speed]),
+        "machine": machine([r["learn2learn"] for r in speed]),
         "settings": {
             "processes": args.processes, "repeats": args.repeats, "seconds": args.seconds, "warmup_s": args.warmup_s,
             "seed": SEED, "meta_batch": META_BATCH, "speed_cache_mb": SPEED_CACHE_MB, "learn2learn_python": l2l_python,
@@ -591,12 +448,7 @@ def main() -> None:
     }
     report["elapsed_s"] = time.perf_counter() - started
     report["sources_changed_during_run"] = sources != report["machine"]["sources_sha256"]
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    section = doc_section(report)
-    replace_section(args.doc, DOC_SECTION, section)
-    print(section)
-    print(f"wrote {args.results} and the section {DOC_SECTION!r} of {args.doc} ({report['elapsed_s']:.0f} s)")
+    publish(report, args.results, doc_section(report), DOC_SECTION, args.doc)
 
 
 if __name__ == "__main__":

@@ -17,14 +17,14 @@ windows after the first (which holds start-up and cache warm-up). --rounds round
 and the figure is the median over rounds. Scaling efficiency = tasks/s(W) / (W × tasks/s(local)).
 
 Output: a table on stdout, bench/results/distributed_scaling.json, and the section
-"## Distributed: scaling on Ray" of docs/benchmarks.md (only that section is replaced, or appended).
+"## Distributed: scaling on Ray" of docs/benchmarks.md (only that section is replaced, or appended; its text is
+docs/templates/distributed_scaling.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import os
 import platform
@@ -32,15 +32,14 @@ import statistics
 import sys
 import tempfile
 import textwrap
-from pathlib import Path
 
-from _docs import replace_section
+from common import BENCH_DIR
+from common.docs import DOC_PATH, markdown_table, render, replace_section, template_heading
+from common.measure import run_for
+from common.results import load_json, results_path, write_json
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-RESULTS_PATH = BENCH_DIR / "results" / "distributed_scaling.json"
-DOC_PATH = REPO / "docs" / "benchmarks.md"
-DOC_SECTION = "## Distributed: scaling on Ray"
+RESULTS_PATH = results_path("distributed_scaling")
+DOC_SECTION = template_heading("distributed_scaling")
 COMMAND = ".venv/bin/python bench/distributed_scaling.py"
 EFFICIENCY_TARGET = 0.85  # at W = 2 on this 2-core machine (the issue's)
 THREADS = 1
@@ -60,17 +59,12 @@ def job_for(workers: int, steps: int, window: int, checkpoints: str):
 
 def _matmul_rate(seconds: float = 4.0) -> None:
     """Print 300×300 matmuls per second on one torch thread (a child process of `parallel_capacity`)."""
-    import time
-
     import torch
 
     torch.set_num_threads(1)
     a = torch.randn(300, 300)
-    start, n = time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
-        a @ a
-        n += 1
-    print(n / (time.perf_counter() - start))
+    calls, elapsed, _ = run_for(lambda: a @ a, seconds)
+    print(calls / elapsed)
 
 
 def parallel_capacity() -> float:
@@ -112,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure nothing: rewrite the docs section from bench/results/distributed_scaling.json")
     args = parser.parse_args(argv)
     if args.from_json:
-        result = json.loads(RESULTS_PATH.read_text())
+        result = load_json(RESULTS_PATH)
         write_section(markdown(result), result)
         return 0
     logging.basicConfig(level=logging.WARNING)
@@ -165,8 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "efficiency_target_w2": EFFICIENCY_TARGET,
         "target_met_w2": None if two is None else two["efficiency"] >= EFFICIENCY_TARGET,
     }
-    RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_PATH.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(RESULTS_PATH, result)
     table = markdown(result)
     print(table)
     if not args.no_doc:
@@ -175,16 +168,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def markdown(result: dict) -> str:
-    lines = ["| configuration | tasks/s | scaling efficiency | bytes per outer step | server apply | apply round trip |",
-             "|---|---:|---:|---:|---:|---:|"]
+    header = ["configuration", "tasks/s", "scaling efficiency", "bytes per outer step", "server apply", "apply round trip"]
+    rows = []
     for row in result["rows"]:
         eff = "—" if row["efficiency"] is None else f"{row['efficiency']:.2f}"
-        if row["workers"]:
-            lines.append(f"| {row['configuration']} | {row['tasks_per_s']:.1f} | {eff} | {row['bytes_per_step'] / 2**20:.2f} MiB | "
-                         f"{row['ps_apply_ms']:.1f} ms | {row['ps_round_trip_ms']:.1f} ms |")
-        else:
-            lines.append(f"| {row['configuration']} | {row['tasks_per_s']:.1f} | {eff} | — | — | — |")
-    return "\n".join(lines)
+        ray = (
+            [f"{row['bytes_per_step'] / 2**20:.2f} MiB", f"{row['ps_apply_ms']:.1f} ms", f"{row['ps_round_trip_ms']:.1f} ms"]
+            if row["workers"] else ["—"] * 3
+        )
+        rows.append([row["configuration"], f"{row['tasks_per_s']:.1f}", eff, *ray])
+    return markdown_table(header, rows)
 
 
 def write_section(table: str, result: dict) -> None:
@@ -196,29 +189,12 @@ def write_section(table: str, result: dict) -> None:
         f"({'met' if result['target_met_w2'] else 'not met'}); against the parallelism the machine had to give while "
         f"it ran (the control below, {capacity:.2f}× on average), W = 2 reached "
         f"{two['tasks_per_s'] / (min(2.0, capacity) * result['rows'][0]['tasks_per_s']):.2f} of what was possible.")
-    body = f"""{DOC_SECTION}
-
-`{COMMAND}` ({result['date']}; {m['cpus']} CPUs, torch {m['torch']}, Ray {m['ray']}, CPU only: no GPU in this
-session). {result['job']}. *local* is the in-process trainer with 1 torch thread; *Ray, W task workers* is
-`metadist train --workers W` (synchronous, one slice of the meta-batch per worker, 1 CPU slot and 1 thread each,
-a local Ray on loopback), with the driver and the parameter server on the same 2 cores. tasks/s is the median of
-{len(result['rounds']['local'])} rounds, each the median of 5-step windows after the first. Scaling efficiency =
-tasks/s(W) / (W × tasks/s(local)).
-
-{table}
-
-{verdict} Bytes per outer step are the update tensors the server takes in (one per slice) plus the parameters the
-workers fetch from the object store (each worker once per version): 4 × 0.43 MiB at W = 2. *server apply* is the
-time inside the parameter server (sum the slices, clip, Adam step, `ray.put` of the new version); *round trip* is
-the driver's `apply` call from submit to reply.
-
-The machine was shared with other work while this ran (load average {m['load_average_before'][0]:.1f} before,
-{m['load_average_after'][0]:.1f} after, on 2 cores), so these figures are noisy and, for W = 2, pessimistic: two
-workers need both cores to themselves. The control measures what was available: two independent one-thread torch
-processes together reached {m['parallel_capacity_before']:.2f}× (before) and {m['parallel_capacity_after']:.2f}×
-(after) the rate of one, against 2× on two idle cores; no W = 2 run can scale past that.
-Raw figures: `bench/results/distributed_scaling.json`.
-"""
+    body = render(
+        "distributed_scaling", command=COMMAND, date=result["date"], cpus=m["cpus"], torch=m["torch"], ray=m["ray"],
+        job=result["job"], rounds=len(result["rounds"]["local"]), table=table, verdict=verdict,
+        load_before=m["load_average_before"][0], load_after=m["load_average_after"][0],
+        capacity_before=m["parallel_capacity_before"], capacity_after=m["parallel_capacity_after"],
+    )
     # Re-wrap the prose paragraphs (not the heading or the table) to the docs' line width.
     paragraphs = body.strip("\n").split("\n\n")
     body = "\n\n".join(p if p.startswith(("#", "|")) else textwrap.fill(" ".join(p.split()), width=116)

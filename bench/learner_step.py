@@ -7,10 +7,10 @@ updates, then the mean over 5. For the side-by-side comparison with learn2learn 
 """
 
 import sys
-import time
 
 import torch
 
+from common.measure import Stopwatch
 from metadist.algorithms import build_learner
 from metadist.config import AlgorithmConfig, EpisodeConfig, ModelConfig
 from metadist.data import EpisodeSampler, ShardSet, ensure_bundled
@@ -30,10 +30,10 @@ def main() -> None:
     batches = [sampler.sample(step, range(tasks)) for step in range(7)]
     for batch in batches[:2]:
         learner.compute_update(params, batch)
-    start = time.perf_counter()
+    watch = Stopwatch()
     for batch in batches[2:]:
         learner.compute_update(params, batch)
-    print(f"{name} {ways}-way, {tasks} tasks per update: {5 * tasks / (time.perf_counter() - start):.1f} tasks/s")
+    print(f"{name} {ways}-way, {tasks} tasks per update: {5 * tasks / watch.wall:.1f} tasks/s")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ Beside it, time-to-accuracy-learn2learn trains learn2learn's FOMAML for the same
 (bench/_l2l_time_to_accuracy.py, under the learn2learn virtualenv: ../shared/peers/setup-learn2learn.sh).
 
 Output: a table on stdout, bench/results/quality.json (merged by row name), and the section
-"## Learning layer: quality (development protocol)" of docs/benchmarks.md (only that section is replaced).
+"## Learning layer: quality (development protocol)" of docs/benchmarks.md (only that section is replaced; its text
+is docs/templates/quality.md).
 """
 
 from __future__ import annotations
@@ -25,21 +26,18 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime as dt
-import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from _docs import replace_section
+from common import BENCH_DIR, REPO
+from common.docs import DOC_PATH, markdown_table, render, replace_section, template_heading
+from common.peers import add_l2l_argument, extract_bundled, resolve_l2l_python
+from common.results import emit, load_json, run_worker, results_path, write_json
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-RESULTS_PATH = BENCH_DIR / "results" / "quality.json"
-DOC_PATH = REPO / "docs" / "benchmarks.md"
-DOC_SECTION = "## Learning layer: quality (development protocol)"
-RESULT_MARK = "@@bench-result "
+RESULTS_PATH = results_path("quality")
+DOC_SECTION = template_heading("quality")
 
 COMMON = ["train.eval_every=0", "train.final_eval_episodes=600", "tracking.enabled=false", "checkpoint.every=0"]
 # ProtoNet and Matching Networks train with more ways than they are tested on (Snell et al. use 60-way);
@@ -133,9 +131,7 @@ def result_device(job) -> str:
 
 def peer_row(name: str, budget_s: float, threads: int, l2l_python: str | None) -> dict:
     """The learn2learn row: its script under its own interpreter, on small1's images and small2's new alphabets."""
-    from _bundled import extract_bundled
     from metadist.data import SMALL2_NEW_ALPHABETS
-    from train_speed import resolve_l2l_python
 
     python = resolve_l2l_python(l2l_python)
     if python is None:
@@ -149,10 +145,7 @@ def peer_row(name: str, budget_s: float, threads: int, l2l_python: str | None) -
             (small2 / alphabet).rename(test / alphabet)
         cmd = [python, str(BENCH_DIR / "_l2l_time_to_accuracy.py"), "--train", str(train),
                "--test", str(test), "--budget-s", str(budget_s), "--threads", str(threads)]
-        proc = subprocess.run(cmd, cwd=BENCH_DIR, stdout=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"row {name} failed (exit {proc.returncode})")
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+        r = run_row_process(name, cmd, cwd=BENCH_DIR)
     return {**r, "row": name, "overrides": ROWS[name]["sets"], "stopped_by_time_budget": True, "date": dt.date.today().isoformat(),
             "device": f"cpu ({os.cpu_count()} cores)", "load_average_before_after": [load_before, os.getloadavg()[0]]}
 
@@ -164,11 +157,15 @@ def row_in_subprocess(name: str, budget_s: float, threads: int, extra: list[str]
         return peer_row(name, budget_s, threads, l2l_python)
     cmd = [sys.executable, str(Path(__file__)), "--one", name, "--budget-s", str(budget_s), "--threads", str(threads)]
     cmd += [f"--set={item}" for item in extra]
-    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK)]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"row {name} failed (exit {proc.returncode})")
-    return json.loads(lines[-1][len(RESULT_MARK):])
+    return run_row_process(name, cmd, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
+
+
+def run_row_process(name: str, cmd: list[str], **where) -> dict:
+    """A row's process, its progress shown on this one's stderr; its result, or SystemExit if it fails."""
+    try:
+        return run_worker(cmd, capture_stderr=False, **where)
+    except RuntimeError as error:
+        raise SystemExit(f"row {name} failed: {error}") from None
 
 
 def describe(r: dict) -> tuple[str, str, str]:
@@ -190,22 +187,16 @@ def describe(r: dict) -> tuple[str, str, str]:
 
 
 def write_doc(results: dict[str, dict], budget_s: float) -> None:
-    lines = [
-        DOC_SECTION, "",
-        "`.venv/bin/python bench/quality.py [ROW ...]` — each row is the embedded default job (`metadist train` with no",
-        "file) plus the overrides shown, trained in a fresh process for its steps or its time budget, then tested on 600",
-        "episodes of the 106 characters of small2's new alphabets (mean ± 95% CI, 5 queries per class, no rotations).",
-        "Each row ran where its device column says (`train.device: auto` takes a GPU when there is one; `--parallel`",
-        "runs rows side by side there, so their wall times overlap). Raw figures: `bench/results/quality.json`.", "",
-        "| row | held-out result | target | steps (tasks/step) | training time | device | overrides |", "|---|---:|---|---:|---:|---|---|",
-    ]
+    header = ["row", "held-out result", "target", "steps (tasks/step)", "training time", "device", "overrides"]
+    rows = []
     for name, r in results.items():
         figure, verdict, overrides = describe(r)
         budget = " (time budget)" if r["stopped_by_time_budget"] else ""
         if "load_average_before_after" in r:
             budget += " (load {:.1f}→{:.1f})".format(*r["load_average_before_after"])
-        lines.append(f"| {name} | {figure} | {verdict} | {r['steps']:,} ({r['tasks_per_step']}) | {r['train_time_s']:.0f} s{budget} | {r.get('device', 'cpu (2 cores)')} | `{overrides}` |")
-    replace_section(DOC_PATH, DOC_SECTION, "\n".join(lines))
+        rows.append([name, figure, verdict, f"{r['steps']:,} ({r['tasks_per_step']})", f"{r['train_time_s']:.0f} s{budget}",
+                     r.get("device", "cpu (2 cores)"), f"`{overrides}`"])
+    replace_section(DOC_PATH, DOC_SECTION, render("quality", table=markdown_table(header, rows, align="lrlrrll")))
 
 
 def main() -> None:
@@ -217,18 +208,16 @@ def main() -> None:
                         help="an extra override on every row run; the result is kept beside the row's as 'ROW + KEY=VALUE'")
     parser.add_argument("--parallel", action="store_true",
                         help="run the rows at the same time, one process each (on a GPU; wall times then overlap)")
-    parser.add_argument("--l2l-python", default=os.environ.get("L2L_PYTHON", "/tmp/l2l-venv/bin/python"),
-                        help="learn2learn's interpreter, for the row time-to-accuracy-learn2learn (default $L2L_PYTHON "
-                        "or /tmp/l2l-venv/bin/python; build it with ../shared/peers/setup-learn2learn.sh)")
+    add_l2l_argument(parser, "learn2learn's interpreter, for the row time-to-accuracy-learn2learn")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(RESULT_MARK + json.dumps(run_row(args.one, args.budget_s, args.threads, args.extra)), flush=True)
+        emit(run_row(args.one, args.budget_s, args.threads, args.extra))
         return
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
-    results = json.loads(RESULTS_PATH.read_text()) if RESULTS_PATH.exists() else {}
+    results = load_json(RESULTS_PATH, {})
     names = args.rows or list(ROWS)
     if args.parallel:
         with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
@@ -237,8 +226,7 @@ def main() -> None:
         r = done[name] if args.parallel else row_in_subprocess(name, args.budget_s, args.threads, args.extra, args.l2l_python)
         results[variant(name, args.extra)] = r
         print(variant(name, args.extra), *describe(r)[:2], f"{r['steps']} steps, {r['train_time_s']:.0f} s", flush=True)
-        RESULTS_PATH.parent.mkdir(exist_ok=True)
-        RESULTS_PATH.write_text(json.dumps(results, indent=2, sort_keys=True))
+        write_json(RESULTS_PATH, results, sort_keys=True)
     # Each row, then its variants (runs with --set) right after it.
     ordered = {key: results[key] for name in ROWS for key in results if key.split(" + ")[0] == name}
     write_doc(ordered, args.budget_s)

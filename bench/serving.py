@@ -21,16 +21,14 @@ What it measures, for each algorithm of --algorithms (default: MAML and ProtoNet
   cores busy).
 
 Output: a table on stdout, bench/results/serving.json, and the section "## Serving: gRPC adapt-and-classify" of
-docs/benchmarks.md (only that section is replaced).
+docs/benchmarks.md (only that section is replaced; its text is docs/templates/serving.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
+import itertools
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -41,13 +39,14 @@ import time
 import zipfile
 from pathlib import Path
 
-from _docs import replace_section
+from common import REPO
+from common.docs import markdown_table, render, template_heading
+from common.measure import Stopwatch, run_for
+from common.results import add_output_arguments, machine_info, publish, results_path
+from common.stats import percentile
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-RESULTS_PATH = BENCH_DIR / "results" / "serving.json"
-DOC_PATH = REPO / "docs" / "benchmarks.md"
-DOC_SECTION = "## Serving: gRPC adapt-and-classify"
+RESULTS_PATH = results_path("serving")
+DOC_SECTION = template_heading("serving")
 COMMAND = ".venv/bin/python bench/serving.py"
 
 WAYS, SHOTS, QUERIES = 5, 1, 5  # queries in total: one per class
@@ -149,12 +148,9 @@ def run_level(address: str, clients: int, tasks: list, args: argparse.Namespace,
     def client_loop(index: int) -> None:
         with Client(address, timeout_s=60) as client:
             client.wait_until_ready(30)
-            i = index * TASKS_PER_CLIENT
-            warmup_end = time.perf_counter() + args.warmup_s
-            while time.perf_counter() < warmup_end:
-                support, labels, queries = tasks[i % len(tasks)]
-                client.adapt_and_classify(support, labels, queries)
-                i += 1
+            cursor = itertools.count(index * TASKS_PER_CLIENT)  # each client cycles through its own tasks
+            if args.warmup_s > 0:
+                run_for(lambda: client.adapt_and_classify(*tasks[next(cursor) % len(tasks)]), args.warmup_s)
             ready.wait()
             start_timed.wait()
             while not phase["stop"]:
@@ -163,8 +159,7 @@ def run_level(address: str, clients: int, tasks: list, args: argparse.Namespace,
                         phase["stop"] = True
                         break
                     budget[0] -= 1
-                support, labels, queries = tasks[i % len(tasks)]
-                i += 1
+                support, labels, queries = tasks[next(cursor) % len(tasks)]
                 begin = time.perf_counter()
                 try:
                     predictions = client.adapt_and_classify(support, labels, queries)
@@ -182,16 +177,15 @@ def run_level(address: str, clients: int, tasks: list, args: argparse.Namespace,
     for thread in threads:
         thread.start()
     ready.wait(timeout=STARTUP_TIMEOUT_S)
-    cpu_server, cpu_self = server.cpu_s(), time.process_time()
-    begin = time.perf_counter()
+    cpu_server, watch = server.cpu_s(), Stopwatch()
     start_timed.set()
-    while time.perf_counter() - begin < args.seconds and not phase["stop"]:
+    while watch.wall < args.seconds and not phase["stop"]:
         time.sleep(0.01)
     with lock:
         phase["stop"] = True
-        wall_s = time.perf_counter() - begin
+        wall_s = watch.wall
         timed = list(latencies)
-    server_cpu_s, client_cpu_s = server.cpu_s() - cpu_server, time.process_time() - cpu_self
+    server_cpu_s, client_cpu_s = server.cpu_s() - cpu_server, watch.cpu
     for thread in threads:
         thread.join(timeout=120)
     ms = sorted(1e3 * x for x in timed)
@@ -210,31 +204,13 @@ def run_level(address: str, clients: int, tasks: list, args: argparse.Namespace,
     }
 
 
-def percentile(sorted_values: list[float], p: float) -> float | None:
-    """Nearest-rank percentile: the smallest value with at least p% of the values at or below it."""
-    if not sorted_values:
-        return None
-    rank = max(1, -(-len(sorted_values) * p // 100))  # ceil(n·p/100)
-    return sorted_values[int(rank) - 1]
-
-
 # -- report ---------------------------------------------------------------------------------------------------------
-def machine_info(load_before: tuple[float, float, float]) -> dict:
+def machine(load_before: tuple[float, float, float]) -> dict:
     import grpc
-    import torch
 
-    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
-        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
-    return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "grpcio": grpc.__version__,
-        "load_average_before": list(load_before),
-        "load_average_at_end": list(os.getloadavg()),
-    }
+    return machine_info(
+        grpcio=grpc.__version__, load_average_before=list(load_before), load_average_at_end=list(os.getloadavg())
+    )
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -243,48 +219,27 @@ def fmt(value: float | None, digits: int = 1) -> str:
 
 def table(runs: list[dict]) -> str:
     header = ["Model", "Clients", "Requests", "Requests/s", "p50 (ms)", "p99 (ms)", "Errors", "Server CPU (cores)"]
-    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    rows = []
     for run in runs:
         for level in run["levels"]:
             errors = ", ".join(f"{code} {n}" for code, n in sorted(level["errors"].items())) or "0"
-            lines.append(
-                f"| {run['label']} | {level['clients']} | {level['requests']:,} | {fmt(level['requests_per_s'])} | "
-                f"{fmt(level['p50_ms'])} | {fmt(level['p99_ms'])} | {errors} | {level['server_cpu_per_wall']:.2f} |"
-            )
-    return "\n".join(lines)
+            rows.append([run["label"], str(level["clients"]), f"{level['requests']:,}", fmt(level["requests_per_s"]),
+                         fmt(level["p50_ms"]), fmt(level["p99_ms"]), errors, f"{level['server_cpu_per_wall']:.2f}"])
+    return markdown_table(header, rows)
 
 
 def doc_section(report: dict) -> str:
     m, s = report["machine"], report["settings"]
     config = report["runs"][0]["server_config"]
-    load_before, load_end = m["load_average_before"], m["load_average_at_end"]
     server = "default settings" + ("; " + ", ".join(f"`{o}`" for o in s["server_set"]) if s["server_set"] else "")
-    threads = config["threads"] or "torch's default"
-    return f"""{DOC_SECTION}
-
-`{COMMAND}`, run on {m['date'][:10]}: {m['cores']} cores ({m['cpu']}), Python {m['python']}, torch {m['torch']},
-grpcio {m['grpcio']}. Raw figures: `bench/results/serving.json`.
-
-**This machine is shared with other work** (training runs and tests of other engineers ran alongside): its
-1-minute load average was {load_before[0]:.2f} before the run and {load_end[0]:.2f} at its end, on {m['cores']} cores. The server and the
-clients competed with those processes, and with each other, for the cores. Take the figures as an order of
-magnitude and compare the rows of one run with each other, not with a quiet machine.
-
-Setup: one server process, `python -m metadist serve` with {server} (max_concurrency {config['max_concurrency']},
-max_workers {config['max_workers']}, torch threads: {threads}); N client threads in the benchmark process, each with its own
-connection to 127.0.0.1. A request is AdaptAndClassify of a {WAYS}-way {SHOTS}-shot task with {QUERIES} queries: 10 original
-105×105 Omniglot PNGs ({ALPHABET}), decoded and resized to 28×28 by the server. Models: the default job's conv-4,
-64 filters; MAML adapts with 3 inner steps, ProtoNet computes prototypes. Each level: {s['warmup_s']:g} s untimed, then
-timed until {s['seconds']:g} s pass or {s['requests']:,} requests complete. Latency is the client's, per request; the p99 of a
-level with fewer than 100 requests is its slowest request.
-
-{table(report['runs'])}
-
-- Server CPU: the server process's CPU time over the timed wall time; {m['cores']} means every core of this machine.
-  The clients' CPU (building requests, gRPC) is in the JSON (`client_cpu_per_wall`).
-- Beyond max_concurrency, clients wait in the server's queue: once the cores are busy, more clients raise latency,
-  not requests/s.
-"""
+    return render(
+        "serving", command=COMMAND, date=m["date"][:10], cores=m["cores"], cpu=m["cpu"], python=m["python"],
+        torch=m["torch"], grpcio=m["grpcio"], load_before=m["load_average_before"][0],
+        load_end=m["load_average_at_end"][0], server=server, max_concurrency=config["max_concurrency"],
+        max_workers=config["max_workers"], server_threads=config["threads"] or "torch's default", ways=WAYS,
+        shots=SHOTS, queries=QUERIES, alphabet=ALPHABET, warmup_s=s["warmup_s"], seconds=s["seconds"],
+        requests=s["requests"], table=table(report["runs"]),
+    )
 
 
 # -- entry point ----------------------------------------------------------------------------------------------------
@@ -297,8 +252,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=5000, help="most timed requests per level (default 5000)")
     parser.add_argument("--warmup-s", type=float, default=1.0, help="untimed requests first, per level (default 1)")
     parser.add_argument("--server-set", action="append", default=[], metavar="KEY=VALUE", help="a ServeConfig setting of the server (repeatable)")
-    parser.add_argument("--results", type=Path, default=RESULTS_PATH, help="JSON output")
-    parser.add_argument("--doc", type=Path, default=DOC_PATH, help="Markdown file whose section is replaced")
+    add_output_arguments(parser, RESULTS_PATH)
     return parser.parse_args()
 
 
@@ -332,18 +286,13 @@ def main() -> None:
             runs.append({"label": label, "checkpoint": checkpoint if args.checkpoint else None, "server_config": config, "levels": levels})
     report = {
         "command": COMMAND,
-        "machine": machine_info(load_before),
+        "machine": machine(load_before),
         "settings": {"seconds": args.seconds, "requests": args.requests, "warmup_s": args.warmup_s, "server_set": args.server_set,
                      "ways": WAYS, "shots": SHOTS, "queries": QUERIES, "tasks_per_client": TASKS_PER_CLIENT},
         "runs": runs,
     }
     report["elapsed_s"] = time.perf_counter() - started
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    section = doc_section(report)
-    replace_section(args.doc, DOC_SECTION, section)
-    print(section)
-    print(f"wrote {args.results} and the section {DOC_SECTION!r} of {args.doc} ({report['elapsed_s']:.0f} s)")
+    publish(report, args.results, doc_section(report), DOC_SECTION, args.doc)
 
 
 if __name__ == "__main__":

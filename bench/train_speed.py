@@ -29,18 +29,15 @@ target is judged on second-order MAML with 5 inner steps.
 Output: a table on stdout, bench/results/train_speed.json, and the section "## Learning layer: meta-training
 speed" of docs/benchmarks.md (only that section is replaced).
 
-The module's top level imports only the standard library: bench/_l2l_train.py runs under learn2learn's
-virtualenv and imports `serve` from here. metadist is imported inside functions.
+The module's top level imports only the standard library (and bench/common, which does too): bench/_l2l_train.py
+runs under learn2learn's virtualenv and imports `serve` from here. metadist is imported inside functions.
+The section's text is docs/templates/train_speed.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import hashlib
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -48,20 +45,20 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-from _bundled import extract_bundled
-from _docs import replace_section
 from typing import Callable
 
-from data_sampler import RESULT_MARK, emit, markdown_table, memory_mb
+from common import BENCH_DIR, REPO
+from common.docs import fmt_sources, markdown_table, render, replace_section, template_heading
+from common.measure import machine_busy_s, memory_mb, run_for, wait_for_quiet
+from common.peers import add_l2l_argument, extract_bundled, l2l_line, resolve_l2l_python
+from common.results import (
+    add_output_arguments, emit, load_json, machine_info, parse_result, publish, results_path, source_hashes, worker_env,
+)
+from common.stats import fmt_spread, spread
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-RESULTS_PATH = BENCH_DIR / "results" / "train_speed.json"
-DOC_PATH = REPO / "docs" / "benchmarks.md"
-DOC_SECTION = "## Learning layer: meta-training speed"
+RESULTS_PATH = results_path("train_speed")
+DOC_SECTION = template_heading("train_speed")
 COMMAND = ".venv/bin/python bench/train_speed.py"
-SETUP_L2L = "../shared/peers/setup-learn2learn.sh"  # from the repository root
 
 META_BATCH = 32  # tasks per meta-training step (MAML's Omniglot setting and learn2learn's example)
 SHOTS, QUERIES = 1, 1  # learn2learn's example draws 2·shots examples per class: K support + K query
@@ -116,19 +113,11 @@ SIDES = ("learn2learn", "metadist")
 
 
 # -- the worker loop, shared with bench/_l2l_train.py (standard library only) -----------------------------------
-def machine_busy_s() -> float:
-    """CPU seconds all cores of the machine have spent busy since boot (from /proc/stat)."""
-    with open("/proc/stat", encoding="ascii") as stat:
-        fields = [int(v) for v in stat.readline().split()[1:]]
-    user, nice, system, idle, iowait, irq, softirq, steal = fields[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
 def serve(step: Callable[[], float], *, warmup_steps: int, info: dict) -> None:
     """Answer the parent's commands on stdin: `run SECONDS` (whole steps for at least that long) and `stop`.
 
     step() runs one meta-training step of META_BATCH tasks and returns the seconds it spent sampling.
-    Each answer is one RESULT_MARK line on stdout.
+    Each answer is one result line on stdout (common.results.emit).
     """
     memory_before = memory_mb()
     for _ in range(warmup_steps):
@@ -142,16 +131,10 @@ def serve(step: Callable[[], float], *, warmup_steps: int, info: dict) -> None:
             return
         if command != "run":
             raise ValueError(f"unknown command {line!r}")
-        seconds = float(rest[0])
-        steps, sample_s = 0, 0.0
-        start, cpu_start, busy_start = time.perf_counter(), time.process_time(), machine_busy_s()
-        while True:
-            sample_s += step()
-            steps += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= seconds:
-                break
-        cpu_s, busy_s = time.process_time() - cpu_start, machine_busy_s() - busy_start
+        sampled = []
+        busy_start = machine_busy_s()
+        steps, elapsed, cpu_s = run_for(lambda: sampled.append(step()), float(rest[0]))
+        busy_s, sample_s = machine_busy_s() - busy_start, sum(sampled)
         total_steps += steps
         emit(
             {
@@ -206,9 +189,9 @@ class Worker:
     def __init__(self, command: list[str]) -> None:
         self.command = command
         self.stderr = tempfile.TemporaryFile(mode="w+")
-        env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "PYTHONWARNINGS": "ignore"}
         self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env, cwd=REPO
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=worker_env(THREADS),
+            cwd=REPO,
         )
         self.ready = self._answer()
 
@@ -227,23 +210,11 @@ class Worker:
 
     def _answer(self) -> dict:
         for line in self.process.stdout:
-            if line.startswith(RESULT_MARK):
-                return json.loads(line[len(RESULT_MARK):])
+            if (result := parse_result(line)) is not None:
+                return result
         self.process.wait()
         self.stderr.seek(0)
         raise RuntimeError(f"worker failed (exit {self.process.returncode}): {' '.join(self.command)}\n{self.stderr.read()[-4000:]}")
-
-
-def wait_for_quiet(max_wait_s: float) -> float:
-    """Wait until other processes use less than QUIET_SHARE of the machine over QUIET_WINDOW_S; seconds waited."""
-    started = time.perf_counter()
-    while True:
-        busy = machine_busy_s()
-        time.sleep(QUIET_WINDOW_S)
-        share = (machine_busy_s() - busy) / (QUIET_WINDOW_S * os.cpu_count())
-        waited = time.perf_counter() - started
-        if share < QUIET_SHARE or waited >= max_wait_s:
-            return waited
 
 
 def worker_command(side: str, config: Training, uri: str, images: Path | None, l2l_python: str | None) -> list[str]:
@@ -266,7 +237,7 @@ def measure(config: Training, uri: str, images: Path | None, l2l_python: str | N
     try:
         for r in range(args.rounds):
             for side in sides if r % 2 == 0 else sides[::-1]:
-                waited = wait_for_quiet(args.max_wait_s)
+                waited = wait_for_quiet(args.max_wait_s, share=QUIET_SHARE, window_s=QUIET_WINDOW_S)
                 rounds[side].append({**workers[side].run(args.seconds), "waited_s": waited})
         stopped = {side: workers[side].stop() for side in sides}
     finally:
@@ -304,11 +275,8 @@ def clean_pairs(a: list[dict], b: list[dict]) -> list[tuple[dict, dict]]:
 
 def summarise(ready: dict, all_rounds: list[dict], stopped: dict) -> dict:
     rounds = clean(all_rounds)
-    rates = [r["tasks_per_s"] for r in rounds]
     return {
-        "tasks_per_s": statistics.median(rates),
-        "min_tasks_per_s": min(rates),
-        "max_tasks_per_s": max(rates),
+        **spread((r["tasks_per_s"] for r in rounds), "tasks_per_s"),
         "sample_share": statistics.median(r["sample_share"] for r in rounds),
         "cpu_per_wall": statistics.median(r["cpu_per_wall"] for r in rounds),
         "memory_before_mb": ready["memory_before_mb"],
@@ -339,50 +307,26 @@ def small1_uri() -> str:
     return ensure_bundled("omniglot-small1", progress=False)
 
 
-def resolve_l2l_python(path: str) -> str | None:
-    if os.access(path, os.X_OK):
-        return path
-    print(
-        f"learn2learn side SKIPPED: no interpreter at {path}.\n"
-        f"  Build it with {SETUP_L2L} [VENV_DIR] (from the repository root, about 2 minutes), then pass "
-        "--l2l-python VENV_DIR/bin/python or set L2L_PYTHON.",
-        file=sys.stderr,
-    )
-    return None
-
-
 # -- the report -------------------------------------------------------------------------------------------------------
 MEASURED_SOURCES = ("algorithms/maml.py", "algorithms/functional.py", "algorithms/base.py", "algorithms/outer.py", "models/conv4.py")
 
 
-def source_hashes() -> dict[str, str]:
+def learning_sources() -> dict[str, str]:
     """Which version of the learning layer the figures belong to (it is under active development)."""
-    return {name: hashlib.sha256((REPO / "metadist" / name).read_bytes()).hexdigest()[:16] for name in MEASURED_SOURCES}
+    return source_hashes(MEASURED_SOURCES)
 
 
-def machine_info(rows: list[dict]) -> dict:
-    import torch
-
-    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
-        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
-    l2l = next((r["learn2learn"]["worker"]["versions"] for r in rows if r["learn2learn"]), None)
-    return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "load_average_1min_at_end": os.getloadavg()[0],
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "learn2learn_env": l2l,
-        "threads": THREADS,
-        "sources_sha256": source_hashes(),
-    }
+def machine(rows: list[dict]) -> dict:
+    return machine_info(
+        load={"load_average_1min_at_end": os.getloadavg()[0]},
+        learn2learn_env=next((r["learn2learn"]["worker"]["versions"] for r in rows if r["learn2learn"]), None),
+        threads=THREADS,
+        sources_sha256=learning_sources(),
+    )
 
 
 def fmt_rate(side: dict | None) -> str:
-    if side is None:
-        return "not run"
-    return f"{side['tasks_per_s']:,.1f} ({side['min_tasks_per_s']:,.1f}–{side['max_tasks_per_s']:,.1f})"
+    return fmt_spread(side, "tasks_per_s", ",.1f")
 
 
 def fmt_speedup(row: dict) -> str:
@@ -442,102 +386,14 @@ def targets_summary(report: dict) -> list[str]:
 
 def doc_section(report: dict, notes: str) -> str:
     m, s = report["machine"], report["settings"]
-    l2l = m["learn2learn_env"]
-    l2l_line = (
-        f"learn2learn {l2l['learn2learn']} with torch {l2l['torch']}, torchvision {l2l['torchvision']}"
-        if l2l
-        else f"learn2learn side not run (no learn2learn virtualenv; build one with {SETUP_L2L})"
+    return render(
+        "train_speed", command=COMMAND, date=m["date"][:10], cores=m["cores"], cpu=m["cpu"], python=m["python"],
+        torch=m["torch"], l2l_line=l2l_line(m["learn2learn_env"]), threads=m["threads"],
+        sources=fmt_sources(m["sources_sha256"]), meta_batch=META_BATCH, shots=SHOTS, queries=QUERIES,
+        inner_lr=INNER_LR, meta_lr=META_LR, warmup_steps=WARMUP_STEPS, rounds=s["rounds"], seconds=s["seconds"],
+        speed_table=speed_table(report["speed"]), memory_table=memory_table(report["speed"]),
+        targets="\n".join(targets_summary(report)), notes=notes,
     )
-    sources = ", ".join(f"{name} `{digest[:8]}`" for name, digest in m["sources_sha256"].items())
-    return f"""{DOC_SECTION}
-
-`{COMMAND}` (or `make bench-train`), run on {m['date'][:10]}: {m['cores']} cores ({m['cpu']}), Python {m['python']},
-torch {m['torch']}; {l2l_line}. Both sides with `torch.set_num_threads({m['threads']})`.
-metadist's learning layer as measured (SHA-256 prefixes): {sources}.
-Raw figures: `bench/results/train_speed.json`.
-
-One meta-training step on each side: sample {META_BATCH} Omniglot episodes (images_background_small1, rotation
-classes, {SHOTS}-shot, {QUERIES} query per class), adapt to each with SGD at inner lr {INNER_LR:g}, meta-gradient, Adam at {META_LR:g}.
-metadist: `EpisodeSampler.sample(step, range({META_BATCH}))` → `MAML` / `FirstOrderMAML.compute_update` (its defaults:
-the tasks batched by `Conv4.forward_tasks`, 8 per pass on CPU, 2 for second order with 5 inner steps) →
-`MetaOptimizer.apply` (its NaN/Inf check and clipping at norm 10 included), model `Conv4(1, ways, pool="mean")`.
-learn2learn: the per-task `maml.clone()` / `adapt` / `loss.backward()` loop of its `examples/vision/maml_omniglot.py`,
-its `OmniglotCNN`, its Omniglot benchmark's transforms (`FusedNWaysKShots`, `LoadData`, `RemapLabels`,
-`ConsecutiveLabels`, `RandomClassRotation`).
-The same network on both sides: 4 × [3×3 conv 64, stride 2, padding 1 → batch norm with batch statistics → ReLU],
-mean over the last 2×2 map, linear head (learn2learn's OmniglotCNN; metadist's Conv4 matched to it with `pool="mean"`).
-
-Each configuration: one fresh worker process per side, set up and warmed up ({WARMUP_STEPS} steps), then
-{s['rounds']} interleaved rounds (l2l, metadist; metadist, l2l; ...) in which each side runs whole steps for at least
-{s['seconds']:g} s while the other waits. Figures: median tasks/s over the rounds (range in brackets); the ratio
-divides the medians (range of the per-round ratios in brackets); "sampling" is the share of the step spent
-drawing episodes.
-
-### Tasks per second
-
-{speed_table(report['speed'])}
-
-### Peak memory of the training process (VmHWM, MiB; RSS after setup, before the first step, in brackets)
-
-{memory_table(report['speed'])}
-
-### Targets (from the issue), on the figures above
-
-{chr(10).join(targets_summary(report))}
-
-### Notes
-
-{notes}
-"""
-
-
-# What the profile showed and what changed: measured while making the changes, not re-measured by this command.
-# "ms" are one compute_update of 32 tasks (no sampling, no optimizer step), 1 thread, median of 6 calls, best of
-# 2 fresh processes, on the machine above; each row removes one change from the final code.
-FINDINGS = [
-    "",
-    "### Where the time went, and what changed",
-    "",
-    "Before (torch.profiler on `compute_update`, second-order MAML, 5-way, 32 tasks, 1 thread): vmap turned each "
-    "task's weights into one grouped convolution (groups = 32), which oneDNN runs near its peak, and the rest was "
-    "overhead around it. About 30% of the step was batch norm's double backward on the first block's 14×14 maps, "
-    "which PyTorch composes from a dozen full-size elementwise passes (`aten::mul`/`sub`/`sum` on [5, 64, 14, 14] "
-    "per task); about 7% was copies between vmap's [T, B, C, H, W] and the grouped convolution's [B, T·C, H, W]; "
-    "the double backward computed each grouped weight gradient as 32 per-group convolutions, and the input "
-    "gradient of the first block, whose input is the data; and glibc handed each step's activations back to the "
-    "OS, so the next step page-faulted them in again (27,000 faults a step at 5-way, 80,000 at 20-way).",
-    "",
-    "Changes (metadist/models/conv4.py, metadist/algorithms/maml.py and functional.py; the maths is unchanged: "
-    "float64 updates equal the vmap path's to 1e-12 for MAML, FOMAML, ANIL and Meta-SGD):",
-    "",
-    "1. `Conv4.forward_tasks` runs all tasks at once with the task axis folded into the channels, and `MAML` "
-    "differentiates the sum of the tasks' losses with autograd with respect to per-task copies of θ "
-    "(`functional.sgd_adapt_tasks`) instead of vmapping `torch.func.grad`.",
-    "2. Its convolution and batch norm are autograd Functions whose backward passes are Functions too, with "
-    "hand-written derivatives: the convolution's double backward is oneDNN calls with output masks (no per-group "
-    "loop, no gradient for the data), batch norm's a closed form in two fused reductions and five passes.",
-    "3. (Withdrawn.) The folded activations were channels-last, which saved oneDNN a reorder of each gradient, "
-    "but PyTorch 2.13's channels-last grouped-convolution backward returns wrong input gradients for some tasks at "
-    "training sizes (about 1e-3 relative in the meta-gradient); they are NCHW again, and "
-    "tests/test_forward_tasks.py checks training sizes against a float64 per-task reference. The table below was "
-    "measured with channels-last; the side-by-side figures above are measured without it.",
-    "4. 8 tasks per pass on CPU (`MAML(tasks_per_pass=...)`; fewer for second order with several inner steps, "
-    "2 at 5): the activations of 8 tasks stay in cache, and memory is bounded.",
-    "5. On CPU the learner has glibc keep freed memory for reuse (`maml.retain_freed_cpu_memory`, mallopt).",
-    "",
-    "| ms per 32 tasks, 1 thread | MAML 5-way | MAML 20-way | FOMAML 5-way | FOMAML 20-way |",
-    "|---|---:|---:|---:|---:|",
-    "| all changes | 347 | 1,019 | 169 | 541 |",
-    "| without 5 (malloc returns memory) | 404 | 1,179 | 220 | 614 |",
-    "| without 4 (32 tasks per pass) | 373 | 1,213 | 185 | 580 |",
-    "| without 3 (NCHW) | 379 | 1,202 | 172 | 653 |",
-    "| without 2 (PyTorch's own convolution and batch norm autograd) | 563 | 2,013 | 183 | 523 |",
-    "| before: vmap over `torch.func.grad` | 545 | 1,942 | 255 | 914 |",
-    "",
-    "Not done: `torch.compile` (inductor cannot compile a double backward through `create_graph`, so not for "
-    "second-order MAML; first order not tried); `metadist.data.Prefetcher` (sampling is at most 1% of metadist's "
-    "step here, so overlapping it could save no more, and its thread would compete with the 2 compute threads).",
-]
 
 
 def default_notes(report: dict) -> str:
@@ -579,23 +435,18 @@ def default_notes(report: dict) -> str:
         )
     if report["sources_changed_during_run"]:
         lines.append("- metadist's learning-layer sources changed while this ran: the figures mix versions; run it again.")
-    return "\n".join(lines + FINDINGS)
+    return "\n".join(lines)
 
 
 # -- entry point --------------------------------------------------------------------------------------------------------
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--l2l-python",
-        default=os.environ.get("L2L_PYTHON", "/tmp/l2l-venv/bin/python"),
-        help="interpreter of the learn2learn virtualenv (default: $L2L_PYTHON, else /tmp/l2l-venv/bin/python)",
-    )
+    add_l2l_argument(parser)
     parser.add_argument("--rounds", type=int, default=6, help="interleaved timed rounds per configuration (default 6)")
     parser.add_argument("--seconds", type=float, default=4.0, help="least length of each side's timed run (default 4)")
     parser.add_argument("--max-wait-s", type=float, default=120.0, help="longest wait for a quiet machine before a run")
     parser.add_argument("--only", help="configuration names to run, separated by ';', e.g. 'MAML, 5-way' (default all)")
-    parser.add_argument("--results", type=Path, default=RESULTS_PATH, help="JSON output")
-    parser.add_argument("--doc", type=Path, default=DOC_PATH, help="Markdown file whose section is replaced")
+    add_output_arguments(parser, RESULTS_PATH)
     parser.add_argument("--no-doc", action="store_true", help="write the JSON only")
     parser.add_argument("--doc-only", action="store_true", help="measure nothing: write the doc section from --results")
     # Internal: a metadist worker process.
@@ -614,11 +465,11 @@ def main() -> None:
         worker_metadist(args)
         return
     if args.doc_only:
-        report = json.loads(args.results.read_text(encoding="utf-8"))
+        report = load_json(args.results)
         replace_section(args.doc, DOC_SECTION, doc_section(report, default_notes(report)))
         print(f"wrote the section {DOC_SECTION!r} of {args.doc} from {args.results}")
         return
-    started, sources = time.perf_counter(), source_hashes()
+    started, sources = time.perf_counter(), learning_sources()
     l2l_python = resolve_l2l_python(args.l2l_python)
     uri = small1_uri()
     configs = CONFIGS if not args.only else [c for c in CONFIGS if c.name in {n.strip() for n in args.only.split(";")}]
@@ -628,7 +479,7 @@ def main() -> None:
         rows = [measure(config, uri, images, l2l_python, args) for config in configs]
     report = {
         "command": COMMAND,
-        "machine": machine_info(rows),
+        "machine": machine(rows),
         "settings": {
             "rounds": args.rounds, "seconds": args.seconds, "warmup_steps": WARMUP_STEPS, "meta_batch": META_BATCH,
             "shots": SHOTS, "queries": QUERIES, "inner_lr": INNER_LR, "meta_lr": META_LR, "seed": SEED,
@@ -638,13 +489,7 @@ def main() -> None:
     }
     report["elapsed_s"] = time.perf_counter() - started
     report["sources_changed_during_run"] = sources != report["machine"]["sources_sha256"]
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    section = doc_section(report, default_notes(report))
-    if not args.no_doc:
-        replace_section(args.doc, DOC_SECTION, section)
-    print(section)
-    print(f"wrote {args.results}" + ("" if args.no_doc else f" and the section {DOC_SECTION!r} of {args.doc}") + f" ({report['elapsed_s']:.0f} s)")
+    publish(report, args.results, doc_section(report, default_notes(report)), DOC_SECTION, None if args.no_doc else args.doc)
 
 
 if __name__ == "__main__":
