@@ -15,12 +15,13 @@ from metadist.algorithms import build_learner
 from metadist.config import AlgorithmConfig, EpisodeConfig, ModelConfig
 from metadist.data import EpisodeSampler, ShardSet, ensure_bundled
 from metadist.models import build_model
+from metadist.runtime import configure_process
 
 
 def main() -> None:
     name, ways = sys.argv[1], int(sys.argv[2])
     tasks = int(sys.argv[3]) if len(sys.argv) > 3 else 32
-    torch.set_num_threads(2)
+    configure_process(2)  # what every metadist process does at start (the C heap keeps freed memory)
     sampler = EpisodeSampler(ShardSet(ensure_bundled("omniglot-small1", progress=False)),
                              EpisodeConfig(ways=ways, shots=1, queries=1, rotations=True), seed=0)
     metric = name in ("protonet", "matching", "siamese")

@@ -156,8 +156,9 @@ def worker_metadist(args: argparse.Namespace) -> None:
     from metadist.config import EpisodeConfig, OptimizerConfig
     from metadist.data import EpisodeSampler, ShardSet
     from metadist.models import Conv4
+    from metadist.runtime import configure_process
 
-    torch.set_num_threads(THREADS)
+    configure_process(THREADS)  # what every metadist process does at start (the C heap keeps freed memory)
     torch.manual_seed(SEED)
     model = Conv4(1, args.ways, hidden=64, image_size=28, downsample="stride", pool="mean")
     learner_class = {"maml": MAML, "fomaml": FirstOrderMAML}[args.algorithm]
