@@ -8,7 +8,6 @@ updates, then the mean over 5. For the side-by-side comparison with learn2learn 
 
 import sys
 
-import torch
 
 from common.measure import Stopwatch
 from metadist.algorithms import build_learner
