@@ -3,10 +3,12 @@
 The learning maths holds no process state; what a process as a whole should do, it is told here, once.
 
 The C heap. glibc's malloc returns large freed blocks to the OS, so each training step's activations (megabytes per
-tensor) come back as fresh pages: a page fault and a page of zeroing per 4 KB. Measured before this setting was
-made at start-up for every learner (bench/process_faults.py, docs/benchmarks.md): ProtoNet 20-way spent 41% of its
-CPU time in the kernel, about 250,000 minor faults a step. mallopt keeps blocks up to 32 MiB (glibc's ceiling) on the
-heap and the heap untrimmed below 1 GiB; resident memory then stays at its peak instead of breathing every step.
+tensor, 100 MB for a 30-way episode) come back as fresh pages: a page fault and a page of zeroing per 4 KB. Before this
+setting was made at start-up for every learner, ProtoNet 20-way spent 37% of its CPU time in the kernel (154,000
+minor faults a step) and Matching 48%; with it, every job measured spends 1-3% (bench/process_faults.py,
+docs/benchmarks.md). mallopt keeps blocks up to 32 MiB (glibc's ceiling for the mmap threshold) on the heap, turns
+mmap off for larger ones (so they come from the heap too), and leaves the heap untrimmed below 1 GiB. The cost:
+resident memory stays at its peak instead of breathing every step (ProtoNet 20-way: 1.6 GB against 1.2 GB).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sys
 
 log = logging.getLogger(__name__)
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # <malloc.h>
 MMAP_THRESHOLD_BYTES = 32 << 20
 TRIM_THRESHOLD_BYTES = 1 << 30
 
@@ -30,7 +32,13 @@ def retain_freed_memory() -> bool:
     if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(None)
-    applied = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    applied = bool(
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+        and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+        # glibc caps the mmap threshold at 32 MiB, and a 30-way episode's activations are 100 MB tensors: they would
+        # still be mapped and unmapped every step. No mmap at all keeps every block on the heap for reuse.
+        and libc.mallopt(_M_MMAP_MAX, 0)
+    )
     log.debug("C heap keeps freed memory: %s", applied)
     return applied
 

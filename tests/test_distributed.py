@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -61,6 +62,37 @@ def test_slices_cover_the_meta_batch_and_the_staleness_policies():
     for step in (3, 2, 5):
         applied.add(step)
     assert applied.below == 4 and 5 in applied and 4 not in applied and 0 in applied
+
+
+def test_flat_updates_round_trip_and_sum_in_a_fixed_order_equal_to_a_plain_sum():
+    from metadist.algorithms.base import Update
+    from metadist.distributed.flat import FlatUpdate, ParamLayout, group_bounds, sum_in_order
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = {"conv.weight": (4, 1, 3, 3), "conv.bias": (4,), "head.weight": (5, 4)}
+    updates = [Update("gradient", {k: torch.randn(shape, generator=gen) for k, shape in shapes.items()}, 2,
+                      {"loss_after": float(i)}) for i in range(5)]
+    layout = ParamLayout.of(updates[0].tensors)
+    flat = [FlatUpdate.of(u, layout) for u in updates]
+    assert flat[0].buffer.dtype == np.float32 and flat[0].buffer.flags.c_contiguous and layout.numel == 36 + 4 + 20
+    for k, v in flat[0].to_update(layout).tensors.items():
+        assert torch.equal(v, updates[0].tensors[k]) and v.shape == shapes[k]
+    # The whole sum, in slice order, is the same bits as adding the tensors one after another.
+    plain = updates[0]
+    for u in updates[1:]:
+        plain = plain + u
+    total = sum_in_order(flat).to_update(layout)
+    assert total.num_tasks == 10 and total.metrics["loss_after"] == 10.0
+    for k in shapes:
+        assert torch.equal(total.tensors[k], plain.tensors[k])
+    # Grouped (two reducers): fixed by the slice and reducer counts, so any worker count gives these same bits.
+    groups = group_bounds(5, 2)
+    assert [list(g) for g in groups] == [[0, 1], [2, 3, 4]]
+    grouped = sum_in_order([sum_in_order([flat[j] for j in g]) for g in groups]).to_update(layout)
+    for k in shapes:
+        torch.testing.assert_close(grouped.tensors[k], plain.tensors[k])
+    again = sum_in_order([sum_in_order([flat[j] for j in g]) for g in groups]).to_update(layout)
+    assert all(torch.equal(again.tensors[k], grouped.tensors[k]) for k in shapes)
 
 
 def test_workers_and_address_flags_and_distributed_settings_are_validated(capsys):
@@ -163,9 +195,13 @@ def test_one_mlflow_run_records_workers_staleness_traffic_and_latency(undisturbe
                 "worker/0/tasks_per_s", "worker/1/tasks_per_s", "worker/0/rss_mb", "worker/1/cpu_percent"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [2, 4, 6, 8], key
     history = result.history
-    # Per step: two slices' update tensors in, and each version's parameters fetched once by each worker.
+    # Per step: the one reducer (one node) takes in the two slices' updates, the server one partial sum, and each
+    # worker fetches each version's parameters once.
     param_bytes = sum(v.numel() * v.element_size() for v in undisturbed["params"].values())
-    assert all(h["bytes_per_step"] == 4 * param_bytes for h in history if "bytes_per_step" in h)
+    lines = [h for h in history if "bytes_per_step" in h]
+    assert all(h["server_bytes_per_step"] == param_bytes and h["reducer_bytes_per_step_max"] == 2 * param_bytes for h in lines)
+    assert all(h["bytes_per_step"] == 3 * param_bytes for h in lines)
+    assert lines[-1]["prefetch_hit_rate"] >= 0.5  # from step 1 on each worker gets the slice it sampled ahead
 
 
 @cluster
@@ -491,6 +527,16 @@ def test_cli_killed_driver_resumes_with_token_auth_to_the_same_parameters(undist
     _assert_same(undisturbed["params"], _params(report["checkpoint"]))
 
 
+@cluster
+@pytest.mark.slow
+def test_two_nodes_any_worker_count_gives_the_same_bits(small1_uri, small2_uri, tmp_path):
+    report = _scenario("two_nodes", tmp_path, small1_uri, small2_uri, env=_auth_env())
+    first = _params(report["checkpoints"]["1"])
+    for workers, uri in report["checkpoints"].items():
+        _assert_same(first, _params(uri))  # 1, 2, 3 and 5 workers: the same slices and reducers, the same bits
+    assert report["server_bytes"] == {w: 2 * report["param_bytes"] for w in report["checkpoints"]}  # two reducers
+
+
 # A PID, mount and network namespace of its own: `ray stop --force` there sees only this scenario's processes, Ray's
 # session files go to a private /tmp/ray, and every socket is on the namespace's own loopback.
 ISOLATED = ("unshare", "--pid", "--fork", "--mount-proc", "--net", "sh", "-c",
@@ -657,6 +703,31 @@ def _autoscaling(tmp: Path, small1_uri: str, small2_uri: str) -> dict:
     return report
 
 
+def _two_nodes(tmp: Path, small1_uri: str, small2_uri: str) -> dict:
+    """Two 3-CPU nodes on loopback; the same 5-slice, 2-reducer job with 1, 2, 3 and 5 workers."""
+    from ray.cluster_utils import Cluster
+
+    from metadist.distributed import DistributedTrainer
+    from metadist.distributed.ray_internals import loopback_only
+
+    loopback_only()
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={
+        "num_cpus": 3, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+    cluster.add_node(num_cpus=3, node_ip_address="127.0.0.1")
+    os.environ.pop("RAY_AUTH_MODE")
+    checkpoints, server_bytes = {}, {}
+    for workers in (1, 2, 3, 5):
+        job = tiny_job(small1_uri, small2_uri, tmp / f"w{workers}", *NO_BN, "train.steps=4", "train.meta_batch=5",
+                       "train.log_every=4", f"distributed.workers={workers}", "distributed.slices=5",
+                       "distributed.reducers=2", f"distributed.address={cluster.address}")
+        run = DistributedTrainer(job, progress=False).run()
+        checkpoints[str(workers)], server_bytes[str(workers)] = run.checkpoint_uri, run.history[-1]["server_bytes_per_step"]
+        ray.shutdown()
+    cluster.shutdown()
+    param_bytes = sum(v.numel() * v.element_size() for v in ckpt_io.load(checkpoints["1"]).meta_params.values())
+    return {"checkpoints": checkpoints, "server_bytes": server_bytes, "param_bytes": param_bytes}
+
+
 def _cli_resume(tmp: Path, small1_uri: str, small2_uri: str) -> dict:
     """`metadist train --workers 2`, SIGKILLed after its step-3 checkpoint, then `--resume` to the end."""
     job = tiny_job(small1_uri, small2_uri, tmp / "cli", "train.steps=8")
@@ -679,6 +750,6 @@ def _cli_resume(tmp: Path, small1_uri: str, small2_uri: str) -> dict:
 
 if __name__ == "__main__":
     name, tmp_dir, small1, small2 = sys.argv[1:5]
-    scenario = {"elastic": _elastic, "cli_resume": _cli_resume, "autoscaling": _autoscaling}[name]
+    scenario = {"elastic": _elastic, "cli_resume": _cli_resume, "autoscaling": _autoscaling, "two_nodes": _two_nodes}[name]
     report = scenario(Path(tmp_dir), small1, small2)
     Path(tmp_dir, f"{name}.json").write_text(json.dumps(report))

@@ -299,6 +299,12 @@ class DistributedConfig(StrictModel):
         description="dead workers replaced over the run before it fails (-1: no limit); each costs only its "
         "in-flight tasks, which are recomputed",
     )
+    reducers: int | None = Field(
+        None, ge=1,
+        description="sync: actors that sum fixed groups of a step's slices before the parameter server sums their "
+        "partials; None = one per node (placed on it). The server takes in one buffer per reducer per step, whatever "
+        "the worker count. A run's bits depend on `slices` and `reducers`, never on which worker computed what",
+    )
     slice_timeout_s: float | None = Field(
         None, gt=0,
         description="a slice (sync) or step (async) not back after this long is handed to another worker, its worker "

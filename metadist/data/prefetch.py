@@ -35,6 +35,10 @@ class Lookahead(Generic[K, T]):
         if key not in self._pending:
             self._pending[key] = self._pool.submit(self._produce, key)
 
+    def has(self, key: K) -> bool:
+        """Whether `key` was asked for ahead (and not taken or dropped since)."""
+        return key in self._pending
+
     def take(self, key: K) -> T:
         future = self._pending.pop(key, None)
         if future is None:

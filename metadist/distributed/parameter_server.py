@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 import ray
 
-from metadist.algorithms.base import Update
 from metadist.algorithms.functional import tensor_bytes
 from metadist.algorithms.outer import MetaOptimizer, OuterState
 from metadist.config import JobConfig
 from metadist.core import Checkpoint, LoopState, ModelSpec, build
 from metadist.core.checkpoint import load as load_checkpoint
 from metadist.core.checkpoint import save_and_prune
+from metadist.distributed.flat import FlatUpdate, ParamLayout, sum_in_order
 from metadist.runtime import configure_process
 
 
@@ -74,7 +74,9 @@ class ParameterServer:
         self.spec = ModelSpec.from_dict(spec)
         _, learner = build(job, self.spec)  # the same seeded initialisation as the local trainer
         self.fixed_lr = getattr(learner, "fixed_outer_lr", None)
-        self.optimizer = MetaOptimizer(learner.init_meta_params(), job.optimizer, total_steps=job.train.steps, fixed_lr=self.fixed_lr)
+        initial = learner.init_meta_params()
+        self.layout = ParamLayout.of(initial)
+        self.optimizer = MetaOptimizer(initial, job.optimizer, total_steps=job.train.steps, fixed_lr=self.fixed_lr)
         self.applied = AppliedSteps()
         self.version = 0
         self._publish()
@@ -86,20 +88,19 @@ class ParameterServer:
     def current(self) -> ParamsVersion:
         return self._current
 
-    def apply(self, step: int, weight: float, *updates: Update) -> ApplyReport:
-        """Sum `updates` in the order given, scale by `weight`, apply as outer step `step`, publish the result."""
+    def apply(self, step: int, weight: float, *parts: FlatUpdate) -> ApplyReport:
+        """Sum `parts` (slice updates, or reducers' partial sums) in the order given, apply the mean as outer step
+        `step` with its step scaled by `weight` (1, or less for a stale asynchronous update), publish the result."""
         start = time.perf_counter()
         if step in self.applied:
             return self._report(step, False, True, self.optimizer.lr_at(self.optimizer.step_count), float("nan"), 0.0, 0)
-        total = updates[0]
-        for update in updates[1:]:
-            total = total + update
+        total = sum_in_order(parts).to_update(self.layout)
         result = self.optimizer.apply(total, step_scale=weight)
         self.applied.add(step)
         if result.applied:  # a skipped (NaN/Inf) update changed nothing: the same version stays current
             self.version += 1
             self._publish()
-        received = sum(tensor_bytes(u.tensors) for u in updates)
+        received = sum(p.nbytes for p in parts)
         return self._report(step, result.applied, False, result.lr, result.update_norm, time.perf_counter() - start, received)
 
     def _report(self, step, applied, duplicate, lr, norm, apply_s, received) -> ApplyReport:

@@ -34,7 +34,11 @@ class DistributedStats:
         self.staleness: list[int] = []
         self.apply_s: list[float] = []
         self.apply_round_trip_s: list[float] = []
+        self.reducer_bytes: list[int] = []  # update bytes each reducer took in, per step and reducer
+        self.slices = 0
+        self.prefetched = 0
         self.bytes = 0
+        self.server_bytes = 0
         self.worker_tasks: Counter = Counter()
         self.worker_system: dict[int, dict[str, float]] = {}
 
@@ -43,7 +47,10 @@ class DistributedStats:
         self.steps += 1
         self.staleness.append(staleness)
         self.bytes += report.received_bytes + sum(r.fetched_bytes for r in reports)
+        self.server_bytes += report.received_bytes
         for r in reports:
+            self.slices += 1
+            self.prefetched += r.prefetched
             self.worker_tasks[r.worker_id] += r.num_tasks
             self.worker_system[r.worker_id] = r.system
         num_tasks = sum(r.num_tasks for r in reports)
@@ -66,6 +73,9 @@ class DistributedStats:
             "staleness_mean": sum(self.staleness) / len(self.staleness) if self.staleness else 0.0,
             "staleness_max": float(max(self.staleness, default=0)),
             "bytes_per_step": self.bytes / max(self.steps, 1),
+            "server_bytes_per_step": self.server_bytes / max(self.steps, 1),
+            "reducer_bytes_per_step_max": float(max(self.reducer_bytes, default=0)),
+            "prefetch_hit_rate": self.prefetched / max(self.slices, 1),
             "ps_apply_ms": 1e3 * sum(self.apply_s) / max(len(self.apply_s), 1),
             "ps_round_trip_ms": 1e3 * sum(self.apply_round_trip_s) / max(len(self.apply_round_trip_s), 1),
         }

@@ -2,11 +2,12 @@
 
 One outer step: cut the meta-batch's task indices into `slices` contiguous ranges → hand them out from a queue, one
 at a time per worker, so a slow worker does less (each worker first gets the slice it had last step, which it
-sampled ahead) → gather the reports; a dead, raising or hung worker's slice goes to another worker (recomputed,
-same episodes) → the server sums the slices' updates in slice order and applies the step once → the next version.
-Episodes are a function of (seed, step, task index) and the sum is taken in slice order whoever computed a slice,
-so the run does not depend on how many workers were up, or which died: for a given slice count it is the same to
-the bit, and it equals the local trainer's up to float summation order. A lost parameter server is restarted from
+sampled ahead, then slices whose reducer is on its node) → gather the reports; a dead, raising or hung worker's
+slice goes to another worker (recomputed, same episodes) → each reducer sums its fixed group of slices in slice
+order, the server sums the reducers' partials in group order and applies the step once → the next version.
+Episodes are a function of (seed, step, task index) and the sum is taken in a fixed order whoever computed a slice,
+so the run does not depend on how many workers were up, or which died: for a given slice and reducer count it is
+the same to the bit, and it equals the local trainer's up to float summation order. A lost parameter server is restarted from
 the run's last checkpoint and the steps since are computed again: the same bits again.
 """
 
@@ -17,12 +18,14 @@ import time
 from collections import Counter, deque
 from collections.abc import Generator
 from dataclasses import dataclass
+from typing import Any
 
 import ray
 from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
 from metadist.config import JobConfig
 from metadist.distributed.failures import MAX_STEP_ATTEMPTS, ParameterServerLost, RetryBudget, SliceDeadline, UpdatesLost
+from metadist.distributed.flat import group_bounds
 from metadist.distributed.server_client import ServerClient
 from metadist.distributed.stats import DistributedStats
 from metadist.distributed.worker import SliceReport
@@ -48,9 +51,13 @@ class InFlightSlice:
 
 
 class SyncSchedule:
-    def __init__(self, job: JobConfig, group: WorkerGroup, server: ServerClient, stats: DistributedStats) -> None:
+    def __init__(self, job: JobConfig, group: WorkerGroup, server: ServerClient, stats: DistributedStats,
+                 reducers: list[Any], reducer_nodes: list[str]) -> None:
         self.job, self.group, self.server, self.stats = job, group, server, stats
         self.bounds = slice_bounds(job.train.meta_batch, job.distributed.slice_count)
+        self.reducers = reducers
+        self.groups = group_bounds(len(self.bounds), len(reducers))
+        self.slice_node = {j: reducer_nodes[g] for g, members in enumerate(self.groups) for j in members}
         self.deadline = SliceDeadline(job.distributed)
         self.retries = RetryBudget(job.distributed.slice_retries)
         self.home: dict[int, int] = {}  # slice → the worker that computed it last (and sampled it ahead)
@@ -76,7 +83,7 @@ class SyncSchedule:
         for _attempt in range(MAX_STEP_ATTEMPTS):
             reports, update_refs = self.compute_slices(step, self.bounds, with_before=is_log_step(step + 1, train))
             try:
-                report = self.server.apply(step, 1.0, update_refs)
+                report = self.server.apply(step, 1.0, self._reduce(update_refs, reports))
                 break
             except ObjectLostError as exc:  # an update object went down with its node: recompute the step
                 log.warning("step %d: an update was lost (%s); recomputing the step", step, exc)
@@ -97,8 +104,10 @@ class SyncSchedule:
             for slot in self.group.live_workers() if queue else []:
                 if busy[slot.worker_id] or not queue:
                     continue
-                # Its own slice from last step first (sampled ahead), else the next in the queue.
-                j = next((j for j in queue if self.home.get(j) == slot.worker_id), queue[0])
+                # Its own slice from last step first (sampled ahead), then one its node's reducer sums, else the next.
+                node = (slot.info or {}).get("node_id")
+                j = next((j for j in queue if self.home.get(j) == slot.worker_id),
+                         next((j for j in queue if self.slice_node.get(j) == node), queue[0]))
                 queue.remove(j)
                 lo, hi = bounds[j]
                 prefetch = None if last_step else (step + 1, lo, hi)
@@ -124,6 +133,15 @@ class SyncSchedule:
                     self._requeue(queue, sent)
             self._expire(step, queue, inflight)
         return [done[j][0] for j in range(len(bounds))], [done[j][1] for j in range(len(bounds))]
+
+    def _reduce(self, update_refs: list, reports: list[SliceReport]) -> list:
+        """Each group's updates summed by its reducer (a group of one needs no sum); the partials, in group order."""
+        partials = []
+        for reducer, members in zip(self.reducers, self.groups):
+            refs = [update_refs[j] for j in members]
+            partials.append(refs[0] if len(refs) == 1 else reducer.sum.remote(*refs))
+            self.stats.reducer_bytes.append(sum(reports[j].update_bytes for j in members) if len(refs) > 1 else 0)
+        return partials
 
     def _requeue(self, queue: deque[int], sent: InFlightSlice) -> None:
         lo, hi = self.bounds[sent.index]

@@ -11,12 +11,15 @@ import logging
 import os
 from collections.abc import Generator
 
+import ray
+
 from metadist.algorithms.functional import Params
 from metadist.algorithms.outer import OuterState
 from metadist.config import JobConfig
 from metadist.core import LoopState, build, make_sampler, model_spec, resolve_device
 from metadist.distributed.async_steps import AsyncSchedule
 from metadist.distributed.cluster import Connection, connect
+from metadist.distributed.reducer import start_reducers
 from metadist.distributed.resources import ClusterGPUs, worker_resources
 from metadist.distributed.server_client import ServerClient
 from metadist.distributed.stats import DistributedStats
@@ -56,8 +59,13 @@ class DistributedSteps(StepSource):
         except BaseException:
             self.close()
             raise
-        schedule = SyncSchedule if job.distributed.mode == "sync" else AsyncSchedule
-        self.schedule = schedule(job, self.group, self.server, self.stats)
+        self.reducers: list = []
+        self.schedule: SyncSchedule | AsyncSchedule
+        if job.distributed.mode == "sync":
+            self.reducers, nodes = start_reducers(job.distributed.reducers)
+            self.schedule = SyncSchedule(job, self.group, self.server, self.stats, self.reducers, nodes)
+        else:
+            self.schedule = AsyncSchedule(job, self.group, self.server, self.stats)
 
     def start(self) -> None:
         assert self.group is not None
@@ -108,6 +116,8 @@ class DistributedSteps(StepSource):
             self.group.shutdown()
         if self.server is not None:
             self.server.close()
+        for reducer in getattr(self, "reducers", []):
+            ray.kill(reducer)
         self.connection.close()
 
 

@@ -26,6 +26,7 @@ from metadist.algorithms.functional import Params, tensor_bytes
 from metadist.config import JobConfig
 from metadist.core import ModelSpec, build, make_sampler
 from metadist.data import Lookahead
+from metadist.distributed.flat import FlatUpdate, ParamLayout
 from metadist.runtime import configure_process
 
 
@@ -44,6 +45,7 @@ class SliceReport:
     compute_s: float  # adaptation and outer gradient
     sample_s: float  # waiting for episodes (0 when prefetched in time)
     fetched_bytes: int  # meta-parameters fetched from the object store for this call (0: cached version)
+    prefetched: bool  # its episodes were sampled ahead, while the previous step was being applied
     update_bytes: int  # size of the returned update tensors
     system: dict[str, float] = field(default_factory=dict)  # rss_mb, cpu_percent, gpus (held), on_cuda (0 or 1)
 
@@ -61,6 +63,7 @@ class TaskWorker:
         self.sampler = make_sampler(job, "train", progress=False)
         self.model, self.learner = build(job, ModelSpec.from_dict(spec))
         self.model.to(self.device)
+        self.layout = ParamLayout.of(self.learner.init_meta_params())
         self.version: int | None = None
         self.params: Params = {}  # of version self.version; none before the first call
         # Keyed by (step, lo, hi): a worker holding several slices of a step keeps a guess for each of them.
@@ -84,6 +87,7 @@ class TaskWorker:
             self.params = {k: v.to(self.device) for k, v in cpu_params.items()}
             self.version, fetched = version, tensor_bytes(cpu_params)
         start = time.perf_counter()
+        prefetched = self._lookahead.has((step, lo, hi))
         batch = self._lookahead.take((step, lo, hi))
         sampled = time.perf_counter()
         self._lookahead.drop(lambda key: key[0] <= step)  # guesses for this step or earlier will not be asked for
@@ -91,15 +95,14 @@ class TaskWorker:
             self._lookahead.ahead(prefetch)
         update = self.learner.compute_update(self.params, batch)
         before = self.learner.before_adaptation_sums(self.params, batch) if with_before else None
-        tensors = {k: v.detach().cpu() for k, v in update.tensors.items()}
+        flat = FlatUpdate.of(update, self.layout)  # one contiguous buffer: through the object store without a copy
         done = time.perf_counter()
-        update = type(update)(kind=update.kind, tensors=tensors, num_tasks=update.num_tasks, metrics=update.metrics)
         report = SliceReport(
             worker_id=self.worker_id, step=step, lo=lo, hi=hi, version=version, num_tasks=update.num_tasks,
             metrics=dict(update.metrics), before=before, compute_s=done - sampled, sample_s=sampled - start,
-            fetched_bytes=fetched, update_bytes=tensor_bytes(tensors), system={**self._process(), "gpus": float(len(self.gpu_ids)), "on_cuda": float(self.device.type == "cuda")},
+            fetched_bytes=fetched, prefetched=prefetched, update_bytes=flat.nbytes, system={**self._process(), "gpus": float(len(self.gpu_ids)), "on_cuda": float(self.device.type == "cuda")},
         )
-        return report, update
+        return report, flat
 
     def _sample(self, step: int, lo: int, hi: int):
         return self.sampler.sample(step, range(lo, hi)).to(self.device)
