@@ -271,8 +271,8 @@ class DistributedConfig(StrictModel):
     max_staleness: int | None = Field(
         None, ge=0,
         description="async: S, the most versions an update's parameters may lag the server's; None = workers - 1, "
-        "which lets all W workers contribute (with W in flight, W-1 lag is the normal case). At most S + 1 steps are "
-        "in flight at once (enforced at dispatch); an update that still arrives staler is dropped or downweighted",
+        "which lets all W workers contribute (with W in flight, W-1 lag is the normal case). Enforced when steps are "
+        "handed out (none while the oldest in flight is S versions behind) and on arrival (drop or downweight)",
     )
     stale_policy: StalePolicy = Field(
         "drop",

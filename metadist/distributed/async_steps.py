@@ -4,8 +4,10 @@ Each worker computes whole outer steps (all meta_batch tasks of step s) on the n
 the server applies each as it arrives. The staleness of an update is how many versions the server moved on while
 it was computed; above `max_staleness` it is dropped and its step recomputed on fresh parameters
 (`stale_policy: drop`) or applied scaled by 1/(1 + staleness - S) (`downweight`). Either way each of the run's
-`train.steps` outer steps is applied exactly once. At most S + 1 steps are in flight (S = max_staleness, by default
-workers - 1): one more could only arrive too stale. Workers that die, raise or hang are handled as in sync mode
+`train.steps` outer steps is applied exactly once. Staleness is enforced when steps are handed out too (S =
+max_staleness, by default workers - 1): no step is handed out while the oldest one in flight is already S versions
+behind, since a new step finishing first would push it past S; so updates arrive too stale only if a worker dies or
+hangs. Workers that die, raise or hang are handled as in sync mode
 (metadist.distributed.failures); a lost server is restarted from the last checkpoint and the steps applied since
 are computed again, without being counted twice.
 """
@@ -22,7 +24,7 @@ import ray
 from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
 from metadist.config import JobConfig
-from metadist.distributed.failures import ParameterServerLost, RetryBudget, SliceDeadline
+from metadist.distributed.failures import ParameterServerLost, WorkerFailures
 from metadist.distributed.server_client import ServerClient
 from metadist.distributed.stats import DistributedStats
 from metadist.distributed.worker_group import POLL_INTERVAL_S, WorkerGroup
@@ -52,8 +54,7 @@ class InFlightStep:
 class AsyncSchedule:
     def __init__(self, job: JobConfig, group: WorkerGroup, server: ServerClient, stats: DistributedStats) -> None:
         self.job, self.group, self.server, self.stats = job, group, server, stats
-        self.deadline = SliceDeadline(job.distributed)
-        self.retries = RetryBudget(job.distributed.slice_retries)
+        self.failures = WorkerFailures(job.distributed, group, stats)
 
     def steps(self, start: int) -> Generator[StepOutcome, None, None]:
         config, train = self.job.distributed, self.job.train
@@ -69,8 +70,9 @@ class AsyncSchedule:
             for slot in self.group.live_workers():
                 if slot.worker_id in busy:
                     continue
-                if len(inflight) > bound:  # S + 1 in flight: one more could only arrive too stale
-                    break
+                oldest = min((s.version for s in inflight.values()), default=None)
+                if oldest is not None and self.server.params.version - oldest >= bound:
+                    break  # the oldest in flight is S versions behind: one more step overtaking it would make it too stale
                 if redo:
                     step = redo.popleft()
                 elif next_new < train.steps:
@@ -89,17 +91,13 @@ class AsyncSchedule:
                 sent = inflight.pop(ref)
                 try:
                     slice_report = ray.get(ref)
-                    self.deadline.observe(time.monotonic() - sent.sent_at)
+                    self.failures.finished(sent)
                 except RayActorError as exc:
                     self.group.lost(sent.worker_id, exc)
                     self._redo(redo, sent.step)
                     continue
                 except RayTaskError as exc:
-                    where = self.group.where(sent.worker_id)
-                    log.warning("step %d: %s raised %s; replacing it and retrying the step", sent.step, where,
-                                type(exc.cause).__name__ if exc.cause else "an error")
-                    self.retries.charge(sent.step, f"step {sent.step}: {where}", exc)
-                    self.group.replace(sent.worker_id, exc)
+                    self.failures.raised(sent, sent.step, f"step {sent.step}", exc)
                     self._redo(redo, sent.step)
                     continue
                 staleness = self.server.params.version - sent.version
@@ -134,20 +132,9 @@ class AsyncSchedule:
                     continue
                 applied += 1
                 yield self.stats.outcome([slice_report], report, staleness)
-            self._expire(redo, inflight)
+            for late in self.failures.expired(inflight, "async step"):
+                self._redo(redo, late.step)
 
     def _redo(self, redo: deque[int], step: int) -> None:
         self.stats.recomputed_tasks += self.job.train.meta_batch
         redo.append(step)
-
-    def _expire(self, redo: deque[int], inflight: dict[ray.ObjectRef, InFlightStep]) -> None:
-        limit_s = self.deadline.seconds()
-        now = time.monotonic()
-        for ref, sent in list(inflight.items()):
-            if now - sent.sent_at > limit_s:
-                del inflight[ref]  # a late result is never read
-                where = self.group.where(sent.worker_id)
-                log.warning("step %d: %s did not return within %.0f s; replacing it", sent.step, where, limit_s)
-                self.group.replace(sent.worker_id, TimeoutError(f"{where}: no result within {limit_s:.0f} s"))
-                self.stats.timed_out += 1
-                self._redo(redo, sent.step)

@@ -15,8 +15,16 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from typing import Any, Protocol
+
 from metadist.config import DistributedConfig
 from metadist.distributed.cluster import ClusterError
+from metadist.distributed.stats import DistributedStats
+from metadist.distributed.worker_group import WorkerGroup
+
+log = logging.getLogger(__name__)
 
 # A step whose update objects were lost with their node is recomputed; more losses than this in one step fail it.
 MAX_STEP_ATTEMPTS = 5
@@ -69,3 +77,45 @@ class RetryBudget:
                 f"{where} raised {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''} — "
                 f"{self.failures[key]} times for the same work (distributed.slice_retries = {self.retries})"
             ) from exc
+
+
+class InFlight(Protocol):
+    """What the schedules know of work handed to a worker."""
+
+    @property
+    def worker_id(self) -> int: ...
+
+    @property
+    def sent_at(self) -> float: ...
+
+
+class WorkerFailures:
+    """What a schedule does when a worker raises or hangs: replace the worker, count it, say so, give the work back."""
+
+    def __init__(self, config: DistributedConfig, group: WorkerGroup, stats: DistributedStats) -> None:
+        self.group, self.stats = group, stats
+        self.deadline = SliceDeadline(config)
+        self.retries = RetryBudget(config.slice_retries)
+
+    def finished(self, sent: InFlight) -> None:
+        self.deadline.observe(time.monotonic() - sent.sent_at)
+
+    def raised(self, sent: InFlight, key: object, what: str, exc: Any) -> None:
+        """The worker raised computing `what`: retry on a fresh worker (SliceFailed past the budget)."""
+        where = self.group.where(sent.worker_id)
+        log.warning("%s: %s raised %s; replacing it and retrying", what, where, type(exc.cause).__name__ if exc.cause else "an error")
+        self.retries.charge(key, f"{what}: {where}", exc)
+        self.group.replace(sent.worker_id, exc)
+
+    def expired(self, inflight: dict[Any, Any], what: str) -> list[Any]:
+        """Remove from `inflight` the work past its deadline (a late result is never read), replace the hung workers,
+        and return that work, to be handed out again."""
+        limit_s = self.deadline.seconds()
+        now = time.monotonic()
+        late = [ref for ref, sent in inflight.items() if now - sent.sent_at > limit_s]
+        for ref in late:
+            where = self.group.where(inflight[ref].worker_id)
+            log.warning("%s: %s did not return within %.0f s; replacing it", what, where, limit_s)
+            self.group.replace(inflight[ref].worker_id, TimeoutError(f"{where}: no result within {limit_s:.0f} s"))
+            self.stats.timed_out += 1
+        return [inflight.pop(ref) for ref in late]

@@ -24,7 +24,7 @@ import ray
 from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
 from metadist.config import JobConfig
-from metadist.distributed.failures import MAX_STEP_ATTEMPTS, ParameterServerLost, RetryBudget, SliceDeadline, UpdatesLost
+from metadist.distributed.failures import MAX_STEP_ATTEMPTS, ParameterServerLost, UpdatesLost, WorkerFailures
 from metadist.distributed.flat import group_bounds
 from metadist.distributed.server_client import ServerClient
 from metadist.distributed.stats import DistributedStats
@@ -58,8 +58,7 @@ class SyncSchedule:
         self.reducers = reducers
         self.groups = group_bounds(len(self.bounds), len(reducers))
         self.slice_node = {j: reducer_nodes[g] for g, members in enumerate(self.groups) for j in members}
-        self.deadline = SliceDeadline(job.distributed)
-        self.retries = RetryBudget(job.distributed.slice_retries)
+        self.failures = WorkerFailures(job.distributed, group, stats)
         self.home: dict[int, int] = {}  # slice → the worker that computed it last (and sampled it ahead)
 
     def steps(self, start: int) -> Generator[StepOutcome, None, None]:
@@ -120,18 +119,15 @@ class SyncSchedule:
                 sent = inflight.pop(ref)
                 try:
                     done[sent.index] = (ray.get(ref), sent.update_ref)
-                    self.deadline.observe(time.monotonic() - sent.sent_at)
+                    self.failures.finished(sent)
                 except RayActorError as exc:  # the worker died with the slice
                     self.group.lost(sent.worker_id, exc)
                     self._requeue(queue, sent)
                 except RayTaskError as exc:  # the worker raised: replace it, retry the slice (bounded)
-                    where = self.group.where(sent.worker_id)
-                    log.warning("step %d: %s raised %s; replacing it and retrying its slice", step, where,
-                                type(exc.cause).__name__ if exc.cause else "an error")
-                    self.retries.charge((step, sent.index), f"step {step}, tasks {bounds[sent.index]}: {where}", exc)
-                    self.group.replace(sent.worker_id, exc)
+                    self.failures.raised(sent, (step, sent.index), f"step {step}, tasks {bounds[sent.index]}", exc)
                     self._requeue(queue, sent)
-            self._expire(step, queue, inflight)
+            for late in self.failures.expired(inflight, f"step {step}"):
+                self._requeue(queue, late)
         return [done[j][0] for j in range(len(bounds))], [done[j][1] for j in range(len(bounds))]
 
     def _reduce(self, update_refs: list, reports: list[SliceReport]) -> list:
@@ -148,16 +144,3 @@ class SyncSchedule:
         self.stats.recomputed_tasks += hi - lo
         self.home.pop(sent.index, None)
         queue.appendleft(sent.index)
-
-    def _expire(self, step: int, queue: deque[int], inflight: dict[ray.ObjectRef, InFlightSlice]) -> None:
-        """Slices past their deadline go to another worker; their hung workers are replaced."""
-        limit_s = self.deadline.seconds()
-        now = time.monotonic()
-        for ref, sent in list(inflight.items()):
-            if now - sent.sent_at > limit_s:
-                del inflight[ref]  # a late result is never read
-                where = self.group.where(sent.worker_id)
-                log.warning("step %d: %s did not return its slice within %.0f s; replacing it", step, where, limit_s)
-                self.group.replace(sent.worker_id, TimeoutError(f"{where}: no result within {limit_s:.0f} s"))
-                self.stats.timed_out += 1
-                self._requeue(queue, sent)

@@ -24,6 +24,7 @@ from metadist.distributed.resources import ClusterGPUs, worker_resources
 from metadist.distributed.server_client import ServerClient
 from metadist.distributed.stats import DistributedStats
 from metadist.distributed.sync_steps import SyncSchedule
+from metadist.distributed.worker import TaskWorker
 from metadist.distributed.worker_group import WorkerGroup
 from metadist.errors import ConfigError
 from metadist.runtime import configure_process
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 class DistributedSteps(StepSource):
     """Outer steps computed by Ray task workers and applied by the parameter-server actor."""
 
-    def __init__(self, job: JobConfig, *, progress: bool = True) -> None:
+    def __init__(self, job: JobConfig, *, progress: bool = True, worker_class: type = TaskWorker) -> None:
+        """worker_class: what each worker actor runs; TaskWorker, or a stand-in (metadist.distributed.stand_in)."""
         if job.distributed.workers < 1:
             raise ConfigError("distributed.workers must be at least 1 for the distributed trainer (0 trains locally)")
         configure_process(job.train.threads)  # the driver's own work: held-out evaluation
@@ -55,7 +57,7 @@ class DistributedSteps(StepSource):
             self.resources = worker_resources(job.distributed, job.train, ClusterGPUs.read())
             log.info("each task worker asks for %s: %s", self.resources.as_options(), self.resources.reason)
             self.server = ServerClient(job, self.spec, self.stats, self.checkpoint_directory)
-            self.group = WorkerGroup(job, self.spec.to_dict(), self.resources)  # asks for its workers in start()
+            self.group = WorkerGroup(job, self.spec.to_dict(), self.resources, worker_class)  # asks in start()
         except BaseException:
             self.close()
             raise

@@ -42,7 +42,8 @@ class WorkerSlot:
 
 
 class WorkerGroup:
-    def __init__(self, job: JobConfig, spec: dict, resources: WorkerResources) -> None:
+    def __init__(self, job: JobConfig, spec: dict, resources: WorkerResources, worker_class: type = TaskWorker) -> None:
+        """worker_class: TaskWorker, or a class with its constructor and methods (metadist.distributed.stand_in)."""
         config = job.distributed
         self.job = job
         self.spec = spec
@@ -55,7 +56,7 @@ class WorkerGroup:
         self.live: dict[int, WorkerSlot] = {}
         self.pending: dict[int, WorkerSlot] = {}
         self._next_id = 0
-        self._actor_class: Any = ray.remote(TaskWorker)
+        self._actor_class: Any = ray.remote(worker_class)
 
     # -- membership ------------------------------------------------------------------------------------------------
     def start(self) -> None:
