@@ -159,23 +159,31 @@ def simulate_one(workers: int, hidden: int, steps: int, compute_s: float, mode: 
         source.close()
 
 
-def ray_floor(workers: int, compute_s: float, steps: int) -> float:
-    """Median time beyond compute_s of one round of W bare actor calls that sleep compute_s: Ray's own cost."""
+def ray_floor(workers: int, compute_s: float, steps: int, update_bytes: int) -> float:
+    """Median time beyond compute_s of one round of W bare Ray actors that each fetch a new object of the update's
+    size, sleep compute_s and return a buffer of that size: what moving the same bytes through Ray costs on this
+    machine, with none of metadist's code."""
     import time
 
+    import numpy as np
     import ray
 
     @ray.remote(num_cpus=1)
     class Sleeper:
-        def sleep(self, seconds: float) -> None:
+        def round(self, seconds: float, box: list) -> np.ndarray:
+            params = ray.get(box[0])
             time.sleep(seconds)
+            return np.zeros_like(params)
 
     actors = [Sleeper.options(scheduling_strategy="SPREAD").remote() for _ in range(workers)]
-    ray.get([a.sleep.remote(0) for a in actors])
+    buffer = np.zeros(update_bytes // 4, np.float32)
+    ray.get([a.round.remote(0, [ray.put(buffer)]) for a in actors])
     times = []
     for _ in range(steps):
         started = time.perf_counter()
-        ray.get([a.sleep.remote(compute_s) for a in actors])
+        box = [ray.put(buffer)]  # a new version each round, as the server publishes one each step
+        ready = [a.round.remote(compute_s, box) for a in actors]
+        ray.wait(ready, num_returns=len(ready), fetch_local=False)
         times.append(time.perf_counter() - started - compute_s)
     for a in actors:
         ray.kill(a)
@@ -203,7 +211,7 @@ def simulate(args: argparse.Namespace) -> dict:
                 if hidden > 64 and workers > args.max_large_workers:
                     continue  # memory: each worker holds the model and an update of 47 MiB
                 row = simulate_one(workers, hidden, args.sim_steps, args.compute_s)
-                row.update(model=model, ray_floor_s=ray_floor(workers, args.compute_s, args.sim_steps))
+                row.update(model=model, ray_floor_s=ray_floor(workers, args.compute_s, args.sim_steps, int(row["update_mib"] * 2**20)))
                 rows.append(row)
                 print(f"{model:24s} W={workers:3d}: step {row['step_s'] * 1e3:7.1f} ms, overhead {row['overhead_s'] * 1e3:6.1f} ms "
                       f"(Ray alone {row['ray_floor_s'] * 1e3:5.1f} ms), server {row['server_bytes_per_step'] / 2**20:6.2f} MiB/step",

@@ -60,6 +60,7 @@ class SyncSchedule:
         self.slice_node = {j: reducer_nodes[g] for g, members in enumerate(self.groups) for j in members}
         self.failures = WorkerFailures(job.distributed, group, stats)
         self.home: dict[int, int] = {}  # slice → the worker that computed it last (and sampled it ahead)
+        self._partials: dict[int, ray.ObjectRef] = {}
 
     def steps(self, start: int) -> Generator[StepOutcome, None, None]:
         for step in range(start, self.job.train.steps):
@@ -82,7 +83,7 @@ class SyncSchedule:
         for _attempt in range(MAX_STEP_ATTEMPTS):
             reports, update_refs = self.compute_slices(step, self.bounds, with_before=is_log_step(step + 1, train))
             try:
-                report = self.server.apply(step, 1.0, self._reduce(update_refs, reports))
+                report = self.server.apply(step, 1.0, [self._partial(g, update_refs, reports) for g in range(len(self.groups))])
                 break
             except ObjectLostError as exc:  # an update object went down with its node: recompute the step
                 log.warning("step %d: an update was lost (%s); recomputing the step", step, exc)
@@ -98,6 +99,7 @@ class SyncSchedule:
         done: dict[int, tuple[SliceReport, ray.ObjectRef]] = {}
         last_step = step + 1 >= self.job.train.steps
         params = self.server.params
+        self._partials = {}  # group → its reducer's sum, submitted once the group's slices are all in
         while queue or inflight:
             busy = Counter(s.worker_id for s in inflight.values())
             for slot in self.group.live_workers() if queue else []:
@@ -114,12 +116,14 @@ class SyncSchedule:
                 inflight[report_ref] = InFlightSlice(j, slot.worker_id, time.monotonic(), update_ref)
                 busy[slot.worker_id] += 1
                 self.home[j] = slot.worker_id
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=POLL_INTERVAL_S)
+            # With slices still to hand out, react to the first worker free; otherwise wait for them all at once.
+            ready, _ = ray.wait(list(inflight), num_returns=1 if queue else len(inflight), timeout=POLL_INTERVAL_S)
             for ref in ready:
                 sent = inflight.pop(ref)
                 try:
                     done[sent.index] = (ray.get(ref), sent.update_ref)
                     self.failures.finished(sent)
+                    self._reduce_finished_groups(done)
                 except RayActorError as exc:  # the worker died with the slice
                     self.group.lost(sent.worker_id, exc)
                     self._requeue(queue, sent)
@@ -130,14 +134,20 @@ class SyncSchedule:
                 self._requeue(queue, late)
         return [done[j][0] for j in range(len(bounds))], [done[j][1] for j in range(len(bounds))]
 
-    def _reduce(self, update_refs: list, reports: list[SliceReport]) -> list:
-        """Each group's updates summed by its reducer (a group of one needs no sum); the partials, in group order."""
-        partials = []
-        for reducer, members in zip(self.reducers, self.groups):
+    def _reduce_finished_groups(self, done: dict[int, tuple[SliceReport, ray.ObjectRef]]) -> None:
+        """Start the sum of every group whose slices are all in, while the other groups' slices are still computed."""
+        for g, members in enumerate(self.groups):
+            if g not in self._partials and all(j in done for j in members):
+                self._partial(g, {j: done[j][1] for j in members}, {j: done[j][0] for j in members})
+
+    def _partial(self, g: int, update_refs, reports) -> ray.ObjectRef:
+        """Group g's updates summed by its reducer, in slice order (a group of one needs no sum); once per step."""
+        if g not in self._partials:
+            members = self.groups[g]
             refs = [update_refs[j] for j in members]
-            partials.append(refs[0] if len(refs) == 1 else reducer.sum.remote(*refs))
+            self._partials[g] = refs[0] if len(refs) == 1 else self.reducers[g].sum.remote(*refs)
             self.stats.reducer_bytes.append(sum(reports[j].update_bytes for j in members) if len(refs) > 1 else 0)
-        return partials
+        return self._partials[g]
 
     def _requeue(self, queue: deque[int], sent: InFlightSlice) -> None:
         lo, hi = self.bounds[sent.index]
