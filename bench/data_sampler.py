@@ -107,8 +107,9 @@ def worker_speed(args: argparse.Namespace) -> None:
 
     from metadist.config import EpisodeConfig
     from metadist.data import EpisodeSampler, ShardSet
+    from metadist.runtime import configure_process
 
-    torch.set_num_threads(THREADS)
+    configure_process(THREADS)  # what every metadist process does at start: the C heap keeps freed memory
     shape = EpisodeConfig(ways=args.ways, shots=SHOTS, queries=QUERIES, rotations=args.rotations)
     sampler = EpisodeSampler(ShardSet(args.uri), shape, seed=SEED, cache_mb=SPEED_CACHE_MB)
     tasks = list(range(args.tasks_per_call))
@@ -132,8 +133,9 @@ def worker_scale(args: argparse.Namespace) -> None:
 
     from metadist.config import EpisodeConfig
     from metadist.data import EpisodeSampler, ShardSet
+    from metadist.runtime import configure_process
 
-    torch.set_num_threads(THREADS)
+    configure_process(THREADS)  # what every metadist process does at start: the C heap keeps freed memory
     shards = ShardSet(args.uri)
     shape = EpisodeConfig(ways=5, shots=SHOTS, queries=QUERIES, rotations=True)
     sampler = EpisodeSampler(shards, shape, seed=SEED, cache_mb=SCALE_CACHE_MB)

@@ -537,6 +537,20 @@ def test_two_nodes_any_worker_count_gives_the_same_bits(small1_uri, small2_uri, 
     assert report["server_bytes"] == {w: 2 * report["param_bytes"] for w in report["checkpoints"]}  # two reducers
 
 
+@cluster
+@pytest.mark.slow
+def test_workers_ask_for_and_get_the_gpus_ray_declares(small1_uri, small2_uri, tmp_path):
+    report = _scenario("declared_gpus", tmp_path, small1_uri, small2_uri, env=_auth_env())
+    auto = report["auto"]  # the cluster declares 2 GPUs: each of 2 workers asks for one and gets its own
+    assert auto["asked"] == 1.0 and sorted(w["gpu_ids"] for w in auto["workers"]) == [["0"], ["1"]]
+    assert sorted(w["cuda_visible_devices"] for w in auto["workers"]) == ["0", "1"]
+    assert all(w["device"] == "cpu" for w in auto["workers"])  # this torch has no CUDA: 'auto' falls back, and says so
+    shared = report["shared"]  # 0.5 each: four workers on two GPUs, two to a GPU
+    assert shared["asked"] == 0.5 and sorted(w["cuda_visible_devices"] for w in shared["workers"]) == ["0", "0", "1", "1"]
+    assert report["cpu"]["asked"] == 0.0 and all(w["gpu_ids"] == [] for w in report["cpu"]["workers"])
+    assert "torch sees no CUDA device" in report["cuda"]  # train.device: cuda that cannot be honoured fails at start
+
+
 # A PID, mount and network namespace of its own: `ray stop --force` there sees only this scenario's processes, Ray's
 # session files go to a private /tmp/ray, and every socket is on the namespace's own loopback.
 ISOLATED = ("unshare", "--pid", "--fork", "--mount-proc", "--net", "sh", "-c",
@@ -728,6 +742,42 @@ def _two_nodes(tmp: Path, small1_uri: str, small2_uri: str) -> dict:
     return {"checkpoints": checkpoints, "server_bytes": server_bytes, "param_bytes": param_bytes}
 
 
+def _declared_gpus(tmp: Path, small1_uri: str, small2_uri: str) -> dict:
+    """A one-node cluster that declares 2 GPUs (Ray hands out CUDA_VISIBLE_DEVICES for them on this CPU machine)."""
+    from ray.cluster_utils import Cluster
+
+    from metadist.distributed import ClusterError, DistributedTrainer
+    from metadist.distributed.ray_internals import loopback_only
+
+    loopback_only()
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={
+        "num_cpus": 5, "num_gpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+    os.environ.pop("RAY_AUTH_MODE")
+    report: dict = {}
+    for name, sets in {"auto": ("distributed.workers=2",), "cpu": ("distributed.workers=2", "train.device=cpu"),
+                       "shared": ("distributed.workers=4", "distributed.gpus_per_worker=0.5", "train.meta_batch=4"),
+                       "cuda": ("distributed.workers=2", "train.device=cuda", "distributed.start_timeout_s=60")}.items():
+        job = tiny_job(small1_uri, small2_uri, tmp / name, *NO_BN, "train.steps=2", *sets, f"distributed.address={cluster.address}")
+        try:
+            trainer = DistributedTrainer(job, progress=False)
+            asked = trainer.source.resources.num_gpus
+            started = trainer.source.group.start
+            seen: list = []
+
+            def start(started=started, trainer=trainer, seen=seen):
+                started()
+                seen.extend(slot.info for slot in trainer.source.group.live_workers())
+
+            trainer.source.group.start = start
+            trainer.run()
+            report[name] = {"asked": asked, "workers": seen}
+        except ClusterError as exc:
+            report[name] = str(exc)
+        ray.shutdown()
+    cluster.shutdown()
+    return report
+
+
 def _cli_resume(tmp: Path, small1_uri: str, small2_uri: str) -> dict:
     """`metadist train --workers 2`, SIGKILLed after its step-3 checkpoint, then `--resume` to the end."""
     job = tiny_job(small1_uri, small2_uri, tmp / "cli", "train.steps=8")
@@ -750,6 +800,7 @@ def _cli_resume(tmp: Path, small1_uri: str, small2_uri: str) -> dict:
 
 if __name__ == "__main__":
     name, tmp_dir, small1, small2 = sys.argv[1:5]
-    scenario = {"elastic": _elastic, "cli_resume": _cli_resume, "autoscaling": _autoscaling, "two_nodes": _two_nodes}[name]
+    scenario = {"elastic": _elastic, "cli_resume": _cli_resume, "autoscaling": _autoscaling, "two_nodes": _two_nodes,
+                "declared_gpus": _declared_gpus}[name]
     report = scenario(Path(tmp_dir), small1, small2)
     Path(tmp_dir, f"{name}.json").write_text(json.dumps(report))
