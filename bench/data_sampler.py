@@ -12,8 +12,10 @@ classes, with torch.set_num_threads(1) on both sides:
   * learn2learn, TaskDataset(...).sample() with the transforms of its own Omniglot benchmark (bench/_l2l_sampler.py,
     run under the learn2learn virtualenv given by --l2l-python, $L2L_PYTHON or /tmp/l2l-venv/bin/python).
   Each figure is measured in --processes fresh processes (default 3): a warm-up, then --repeats timed runs of at
-  least --seconds each; the table gives the median over all timed runs and their range. Fresh processes matter:
-  how fast a process samples can depend on the state of its C heap (see `minor_faults_per_call` in the JSON).
+  least --seconds each; the table gives the median over all timed runs and their range. Each metadist process
+  starts as every metadist process does (metadist.runtime.configure_process: the C heap keeps freed memory);
+  without it, how fast a process samples depended on the state of its C heap (`minor_faults_per_call` in the JSON:
+  about 750 per 32-episode call then, 0 now).
   Memory is the sampling process's peak RSS (VmHWM) and its RssAnon when done, from /proc/self/status (the
   largest over the processes).
 And whether peak memory stays flat when the shard set is 10× larger: small1 is written once (1×) and ten times
@@ -129,7 +131,6 @@ def worker_speed(args: argparse.Namespace) -> None:
 
 
 def worker_scale(args: argparse.Namespace) -> None:
-    import torch
 
     from metadist.config import EpisodeConfig
     from metadist.data import EpisodeSampler, ShardSet

@@ -235,6 +235,22 @@ def _with_checkpoints_in(job, folder: Path, *sets: str):
     return apply_overrides(job, [f"checkpoint.uri={folder}", *sets])
 
 
+def _trouble_once(worker, trouble) -> None:
+    """Run in a worker (through __ray_call__): its next compute_update first calls trouble() (raise, hang), once."""
+    original = worker.learner.compute_update
+
+    def troubled(*args, **kwargs):
+        worker.learner.compute_update = original
+        trouble()
+        return original(*args, **kwargs)
+
+    worker.learner.compute_update = troubled
+
+
+def _out_of_memory() -> None:
+    raise RuntimeError("CUDA out of memory")
+
+
 def _sabotage_once(trainer, make_trouble) -> list:
     """After the workers are up, call make_trouble(worker slot) once, on the first live worker; returns its slot."""
     started = trainer.source.group.start
@@ -304,17 +320,8 @@ def test_a_parameter_server_lost_past_its_restarts_fails_naming_the_resume_and_r
 def test_a_worker_that_raises_is_replaced_and_its_slice_retried(undisturbed, tmp_path):
     from metadist.distributed import DistributedTrainer
 
-    def out_of_memory_once(worker):
-        original = worker.learner.compute_update
-
-        def boom(*args, **kwargs):
-            worker.learner.compute_update = original
-            raise RuntimeError("CUDA out of memory")
-
-        worker.learner.compute_update = boom
-
     trainer = DistributedTrainer(_with_checkpoints_in(undisturbed["job"], tmp_path / "ckpt"), progress=False)
-    victims = _sabotage_once(trainer, lambda slot: ray.get(slot.actor.__ray_call__.remote(out_of_memory_once)))
+    victims = _sabotage_once(trainer, lambda slot: ray.get(slot.actor.__ray_call__.remote(_trouble_once, _out_of_memory)))
     result = trainer.run()
     assert len(victims) == 1 and trainer.worker_restarts == 1
     assert result.steps == result.applied_steps == 8
@@ -343,19 +350,12 @@ def test_a_worker_that_keeps_raising_fails_the_run_naming_its_node_and_error(und
 def test_a_hung_worker_does_not_stall_the_run_and_the_step_count_is_exact(undisturbed, tmp_path):
     from metadist.distributed import DistributedTrainer
 
-    def hang_once(worker):
-        original = worker.learner.compute_update
-
-        def slow(*args, **kwargs):
-            worker.learner.compute_update = original
-            time.sleep(300)  # far past the deadline: the slice goes elsewhere, this worker is replaced
-            return original(*args, **kwargs)
-
-        worker.learner.compute_update = slow
+    def hang() -> None:
+        time.sleep(300)  # far past the deadline: the slice goes elsewhere, this worker is replaced
 
     job = _with_checkpoints_in(undisturbed["job"], tmp_path / "ckpt", "distributed.slice_timeout_s=5")
     trainer = DistributedTrainer(job, progress=False)
-    _sabotage_once(trainer, lambda slot: ray.get(slot.actor.__ray_call__.remote(hang_once)))
+    _sabotage_once(trainer, lambda slot: ray.get(slot.actor.__ray_call__.remote(_trouble_once, hang)))
     started = time.monotonic()
     result = trainer.run()
     assert time.monotonic() - started < 120

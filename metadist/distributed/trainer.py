@@ -12,6 +12,7 @@ import os
 from collections.abc import Generator
 
 import ray
+import torch
 
 from metadist.algorithms.functional import Params
 from metadist.algorithms.outer import OuterState
@@ -42,7 +43,9 @@ class DistributedSteps(StepSource):
             raise ConfigError("distributed.workers must be at least 1 for the distributed trainer (0 trains locally)")
         configure_process(job.train.threads)  # the driver's own work: held-out evaluation
         self.job = job
-        self.device = resolve_device(job.train.device)
+        # The driver only evaluates: on a GPU when it has one, else on its CPU. Its node (a CPU head, say) need not
+        # have what the workers have; train.device is about the workers (metadist.distributed.resources).
+        self.device = resolve_device("cpu" if job.train.device == "cpu" or not torch.cuda.is_available() else job.train.device)
         self.spec = model_spec(job, make_sampler(job, "train", progress=progress))
         self.model, self.learner = build(job, self.spec)
         self.model.to(self.device)
