@@ -42,8 +42,11 @@ class ParamLayout:
         return flat.numpy()
 
     def unflatten(self, buffer: np.ndarray) -> Params:
-        """Tensors (views of one writable copy of `buffer`) named and shaped as the layout says."""
-        flat = torch.from_numpy(np.array(buffer, dtype=np.float32, copy=True))
+        """Tensors named and shaped as the layout says: views of `buffer` itself when it is a writable float32 array
+        (a sum just made), else of one writable copy (a buffer read in place from the object store is read-only)."""
+        if not (buffer.flags.writeable and buffer.dtype == np.float32):
+            buffer = np.array(buffer, dtype=np.float32, copy=True)
+        flat = torch.from_numpy(buffer)
         sizes = [int(np.prod(s)) for s in self.shapes]
         return {n: part.view(shape) for n, part, shape in zip(self.names, flat.split(sizes), self.shapes)}
 

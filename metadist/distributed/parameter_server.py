@@ -108,6 +108,10 @@ class ParameterServer:
                            apply_s, received)
 
     # -- state -------------------------------------------------------------------------------------------------------
+    def counts(self) -> tuple[int, int]:
+        """Outer steps applied and updates skipped so far (without shipping the state itself)."""
+        return self.optimizer.step_count, self.optimizer.skipped
+
     def state(self) -> OuterState:
         return self.optimizer.state()
 

@@ -70,14 +70,10 @@ class ServerClient:
         else:
             self.params, step = _get(self.actor.current.remote()), 0
             source = "the initial parameters"
-        self.step_count, self.skipped = self._counts(step)
+        self.step_count, self.skipped = _get(self.actor.counts.remote())
         log.warning("parameter server lost (%s); restarted from %s at step %d (restart %d of %d)",
                     str(cause).splitlines()[0], source, step, self.restarts, allowed)
         return step
-
-    def _counts(self, step: int) -> tuple[int, int]:
-        state: OuterState = _get(self.actor.state.remote())
-        return state.step_count, state.skipped
 
     def apply(self, step: int, weight: float, update_refs: list) -> ApplyReport:
         """Outer step `step` from the updates behind `update_refs` (summed in their order), scaled by `weight`."""
