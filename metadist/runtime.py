@@ -1,4 +1,5 @@
-"""Process-wide settings made once when a metadist process starts (the CLI, a task worker, the parameter server).
+"""Process-wide settings made once when a metadist process starts (the CLI, a task worker, the parameter server),
+and how a process hears that it is being stopped (SIGTERM).
 
 The learning maths holds no process state; what a process as a whole should do, it is told here, once.
 
@@ -13,11 +14,15 @@ resident memory stays at its peak instead of breathing every step (ProtoNet 20-w
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
 import platform
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -50,3 +55,32 @@ def configure_process(threads: int | None = None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+# -- preemption ------------------------------------------------------------------------------------------------------
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: what Kubernetes eviction, `ray job stop` and batch schedulers send before they kill. A
+    KeyboardInterrupt, so every path that saves and marks a run KILLED on Ctrl-C does the same for it."""
+
+    exit_code = 128 + signal.SIGTERM  # 143, the status a process ended by SIGTERM reports
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM raises `Terminated` in the main thread (once: a second SIGTERM while the checkpoint
+    is being written is ignored, so the save finishes; SIGKILL still ends the process). Does nothing outside the
+    main thread, where Python cannot install signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        log.warning("SIGTERM: stopping after saving a checkpoint")
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

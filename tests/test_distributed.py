@@ -304,7 +304,7 @@ def test_a_parameter_server_lost_past_its_restarts_fails_naming_the_resume_and_r
     trainer.source.server.apply = kill_server_at_step_5
     with pytest.raises(ParameterServerLost, match="--resume"):
         trainer.run()
-    assert [s for s, _ in ckpt_io.list_checkpoints(job.checkpoint.uri)] == [3]
+    assert [s for s, _ in ckpt_io.run_checkpoints(job.checkpoint.uri)] == [3]
     resumed = DistributedTrainer(job, resume=True, progress=False)
     assert resumed.step == 3
     result = resumed.run()
@@ -786,9 +786,9 @@ def _cli_resume(tmp: Path, small1_uri: str, small2_uri: str) -> dict:
     command = [sys.executable, "-m", "metadist", "train", str(job_file), "--workers", "2", "--no-progress"]
     first = subprocess.Popen(command, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + SCENARIO_TIMEOUT_S / 2
-    while not ckpt_io.list_checkpoints(job.checkpoint.uri) and time.monotonic() < deadline and first.poll() is None:
+    while not ckpt_io.run_checkpoints(job.checkpoint.uri) and time.monotonic() < deadline and first.poll() is None:
         time.sleep(0.05)
-    killed_after = [s for s, _ in ckpt_io.list_checkpoints(job.checkpoint.uri)]
+    killed_after = [s for s, _ in ckpt_io.run_checkpoints(job.checkpoint.uri)]
     os.killpg(first.pid, signal.SIGKILL)  # the driver, and the Ray it started, die at once
     first.wait()
     second = subprocess.run([*command, "--resume"], cwd=tmp, capture_output=True, text=True, timeout=SCENARIO_TIMEOUT_S / 2)

@@ -45,4 +45,4 @@ def test_job_file_runs_end_to_end_when_shrunk(path, small1_uri, small2_uri, tmp_
     assert main(args) == 0
     from metadist.core import checkpoint as ckpt_io
 
-    assert [step for step, _ in ckpt_io.list_checkpoints(str(tmp_path / "ckpt"))][-1] == 2
+    assert [step for step, _ in ckpt_io.run_checkpoints(str(tmp_path / "ckpt"))][-1] == 2

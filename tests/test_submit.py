@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from metadist.cli import main
+from metadist.core import checkpoint as ckpt_io
 from tests.browser import find_chrome, headless_chrome
 from tests.helpers import (MIN_PNG_BYTES, artifacts_folder, assert_loopback, assert_stayed_on_loopback, missing_tool,
                            starts, tiny_job, value_after)
@@ -288,7 +289,7 @@ def test_a_standard_job_file_runs_unchanged_under_plain_ray_job_submit(cluster, 
     assert str(info.status) == "SUCCEEDED", info.message
     logs = JobServer(cluster.url).logs(submission_id)
     assert "name: omniglot-5way-1shot-protonet" in logs and "test accuracy_after:" in logs
-    assert (tmp_path / "checkpoints" / "step-00000002.safetensors").is_file()
+    assert [step for step, _ in ckpt_io.run_checkpoints(str(tmp_path / "checkpoints"))] == [2]
 
 
 # -- refused before anything is sent ---------------------------------------------------------------------------------

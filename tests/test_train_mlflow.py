@@ -74,6 +74,6 @@ def test_a_failing_run_is_marked_failed_and_keeps_its_checkpoints(tracked_job, m
     assert client.get_run(trainer.run_id).info.status == "FAILED"
     from metadist.core import checkpoint as ckpt_io
 
-    assert [s for s, _ in ckpt_io.list_checkpoints(job.checkpoint.uri)] == [3]
+    assert [s for s, _ in ckpt_io.run_checkpoints(job.checkpoint.uri)] == [3]
     resumed = LocalTrainer(job, resume=True, progress=False)
     assert resumed.step == 3

@@ -65,8 +65,8 @@ def test_resume_refuses_a_checkpoint_of_a_different_job(small1_uri, small2_uri, 
 def test_periodic_checkpoints_are_pruned_and_the_final_one_is_kept(small1_uri, small2_uri, tmp_path):
     job = tiny_job(small1_uri, small2_uri, tmp_path, "train.steps=8", "checkpoint.every=2", "checkpoint.keep=2")
     LocalTrainer(job, progress=False).run()
-    assert [step for step, _ in ckpt_io.list_checkpoints(str(tmp_path / "ckpt"))] == [6, 8]
-    assert not list((tmp_path / "ckpt").glob(".partial-*"))
+    assert [step for step, _ in ckpt_io.run_checkpoints(str(tmp_path / "ckpt"))] == [6, 8]
+    assert not list((tmp_path / "ckpt").glob("*/.partial-*"))
 
 
 def test_training_learns_and_reports_before_and_after_metrics(small1_uri, small2_uri, tmp_path):

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from metadist import __version__
 from metadist.config import validation_message
 from metadist.errors import MetadistError
-from metadist.runtime import configure_process
+from metadist.runtime import Terminated, configure_process
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,3 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         # Our errors already name the file, field or class at fault: print them, not a traceback.
         print(f"metadist: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:  # what was running saved what it could and said so
+        print("metadist: stopped by SIGTERM", file=sys.stderr)
+        return Terminated.exit_code
+    except KeyboardInterrupt:
+        print("metadist: interrupted", file=sys.stderr)
+        return 130

@@ -116,7 +116,7 @@ def _eval(args) -> int:
         print(json.dumps({k: {"mean": e.mean, "ci95": e.ci95, "episodes": e.n} for k, e in result.items()}, indent=2))
     else:
         what = f"{episode.ways}-way {episode.shots}-shot" if episode else getattr(job.data.regression, "family", "regression")
-        print(f"{args.checkpoint} (step {saved.step}), {what}, {episodes} episodes:")
+        print(f"{saved.uri} (step {saved.step}), {what}, {episodes} episodes:")
         for key, estimate in result.items():
             print(f"  {key:18s} {estimate}")
     return 0

@@ -101,10 +101,11 @@ class ServerClient:
         self.step_count, self.skipped = state.step_count, state.skipped
         self._resumed_from = state
 
-    def save(self, step: int, loop: LoopState) -> str:
-        """The server writes the checkpoint (it holds the optimizer state), in the local trainer's format."""
+    def save(self, step: int, loop: LoopState, directory: str) -> str:
+        """The server writes the checkpoint (it holds the optimizer state) into the run's folder `directory` (an
+        absolute path or a URI: the server's working directory is not the driver's), in the local trainer's format."""
         try:
-            uri: str = _get(self.actor.save.remote(step, loop, self.checkpoint_directory))
+            uri: str = _get(self.actor.save.remote(step, loop, directory))
         except RayActorError as exc:
             raise ParameterServerLost(
                 f"the parameter server died before checkpointing step {step} ({exc}); resume the run from its last "

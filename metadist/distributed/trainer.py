@@ -8,7 +8,6 @@ asynchronous (async_steps). Failures are handled as metadist.distributed.failure
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Generator
 
 import ray
@@ -18,6 +17,7 @@ from metadist.algorithms.functional import Params
 from metadist.algorithms.outer import OuterState
 from metadist.config import JobConfig
 from metadist.core import LoopState, build, make_sampler, model_spec, resolve_device
+from metadist.core.runs import absolute
 from metadist.distributed.async_steps import AsyncSchedule
 from metadist.distributed.cluster import Connection, connect
 from metadist.distributed.reducer import start_reducers
@@ -49,9 +49,8 @@ class DistributedSteps(StepSource):
         self.spec = model_spec(job, make_sampler(job, "train", progress=progress))
         self.model, self.learner = build(job, self.spec)
         self.model.to(self.device)
-        # The server writes checkpoints from its own working directory: a relative local path is made absolute here.
-        directory = job.checkpoint_dir()
-        self.checkpoint_directory = directory if "://" in directory else os.path.abspath(directory)
+        # Named in messages about a lost server: where `--resume` finds the run's newest checkpoint.
+        self.checkpoint_directory = absolute(job.checkpoint_dir())
         self.stats = DistributedStats()
         self.group: WorkerGroup | None = None
         self.server: ServerClient | None = None
@@ -99,9 +98,9 @@ class DistributedSteps(StepSource):
 
     def save_checkpoint(self, step: int, loop: LoopState, directory: str, keep: int) -> str:
         """The parameter server writes it (it holds the optimizer state): only the loop's state travels to it. The
-        folder is the job's, made absolute (the server's working directory is not the driver's)."""
+        run's folder is absolute (metadist.core.runs), since the server's working directory is not the driver's."""
         assert self.server is not None
-        return self.server.save(step, loop)
+        return self.server.save(step, loop, directory)
 
     @property
     def applied_steps(self) -> int:

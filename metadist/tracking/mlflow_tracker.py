@@ -132,6 +132,9 @@ class MlflowTracker:
         self._system_metrics: Any = None
         self._ended = False
         self._last_step = 0  # highest step given to log_metrics: where log_summary puts the final values
+        # On a resumed run: metric key → the last step it was logged at. A run killed without a chance to save (SIGKILL)
+        # logged points after its last checkpoint; the resumed run recomputes those steps, and skips logging them again.
+        self._logged_through: dict[str, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
     def start(self, job: JobConfig, *, resume_run_id: str | None = None) -> None:
@@ -180,6 +183,9 @@ class MlflowTracker:
             ) from exc
         self.run_id, self.experiment_id = run_id, run.info.experiment_id
         self._client.update_run(run_id, status="RUNNING")
+        self._logged_through = {
+            key: max(m.step for m in self._client.get_metric_history(run_id, key)) for key in run.data.metrics
+        }
         logged = run.data.params
         flat = {k: _param_value(v) for k, v in job.flat().items()}
         self._log_params({k: v for k, v in flat.items() if k not in logged})
@@ -241,9 +247,11 @@ class MlflowTracker:
 
         run_id = self._require_run()
         timestamp_ms = int(time.time() * 1000)
-        entries = [Metric(key, float(value), timestamp_ms, int(step)) for key, value in metrics.items()]
-        with self._failing_as_tracking_error("log metrics"):
-            self._client.log_batch(run_id, metrics=entries)
+        entries = [Metric(key, float(value), timestamp_ms, int(step)) for key, value in metrics.items()
+                   if int(step) > self._logged_through.get(key, -1)]
+        if entries:
+            with self._failing_as_tracking_error("log metrics"):
+                self._client.log_batch(run_id, metrics=entries)
         self._last_step = max(self._last_step, int(step))
 
     def log_checkpoint(self, uri: str, step: int) -> None:

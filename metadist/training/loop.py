@@ -4,8 +4,9 @@ applied) and a tracker (where the run is recorded).
 The loop reads in the order it runs: take the next outer step from the source (it samples the tasks, computes the
 update with the learner's pure step function and applies it with the outer optimizer) → log → evaluate →
 checkpoint. Episodes are a function of (seed, step, task index) and checkpoints hold the optimizer state and the
-next step, so a resumed run continues exactly where the interrupted one stopped. Logging, evaluation, checkpoints,
-time budgets, resume and MLflow are written once, here; `LocalSteps` (this process) and
+next step, so a resumed run continues exactly where the interrupted one stopped. Each run writes its checkpoints
+into a folder of its own, locked while it runs (metadist.core.runs). Ctrl-C and SIGTERM both save a checkpoint and
+mark the MLflow run KILLED. Logging, evaluation, checkpoints, time budgets, resume and MLflow are written once, here; `LocalSteps` (this process) and
 `metadist.distributed.DistributedSteps` (Ray task workers and a parameter server) are the two step sources.
 """
 
@@ -26,9 +27,11 @@ from metadist.algorithms.outer import OuterState, StepResult
 from metadist.config import JobConfig, TrainConfig
 from metadist.core import checkpoint as ckpt_io
 from metadist.core.checkpoint import Checkpoint, LoopState
+from metadist.core.runs import RunFolder
 from metadist.core.spec import ModelSpec
 from metadist.core.tasks import make_test_sampler
 from metadist.errors import CheckpointError
+from metadist.runtime import sigterm_interrupts
 from metadist.training.evaluation import Estimate, evaluate
 from metadist.training.progress import MetricsWindow, ProgressDisplay
 
@@ -37,8 +40,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("metadist.training")
 
-# Settings a resumed run must share with the checkpoint it resumes, or it would not continue the same run.
-RESUME_MUST_MATCH = ("data", "model", "algorithm", "optimizer", "train.seed", "train.meta_batch", "train.steps")
+# Settings a resumed run must share with the checkpoint it resumes, or it would not continue the same run. train.steps
+# may grow: a resumed run can be extended.
+RESUME_MUST_MATCH = ("data", "model", "algorithm", "optimizer", "train.seed", "train.meta_batch")
 
 
 def is_log_step(steps_taken: int, train: TrainConfig) -> bool:
@@ -144,6 +148,7 @@ class Trainer:
         self.test_sampler = make_test_sampler(job, progress=progress)
         self.step = 0  # outer steps taken = the next sampler step
         self.loop_state = LoopState()
+        self.run_folder = RunFolder.new(job.checkpoint_dir())
         if resume:
             self._restore(job.checkpoint_dir() if resume is True else resume)
 
@@ -165,17 +170,37 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
     def _restore(self, uri: str) -> None:
+        """Continue from `uri` (a checkpoint, a run's folder, or the checkpoint root: its newest run's newest valid
+        checkpoint), in that run's folder. From a checkpoint file older than its run's newest, the run forks: a folder
+        and an MLflow run of its own, so the newer checkpoints and metric points of the original stay as they are."""
         saved = ckpt_io.load(uri)
+        assert saved.uri is not None
         wrong = resume_mismatches(saved.job, self.job)
         if wrong:
-            raise CheckpointError(f"{uri}: cannot resume this job from it; these settings differ: {', '.join(wrong)}")
+            raise CheckpointError(f"{saved.uri}: cannot resume this job from it; these settings differ: {', '.join(wrong)}")
+        if self.job.train.steps < saved.step:
+            raise CheckpointError(f"{saved.uri}: train.steps={self.job.train.steps} is below the checkpoint's step "
+                                  f"{saved.step}; resume with at least {saved.step} steps")
+        if self.job.train.steps != saved.job.train.steps and self.job.optimizer.schedule != "constant":
+            log.warning("train.steps changed from %d to %d: the %s learning-rate schedule now spans the new length",
+                        saved.job.train.steps, self.job.train.steps, self.job.optimizer.schedule)
         self.source.load_outer_state(saved.outer_state())
         self.step = saved.step
         self.loop_state = saved.loop
-        log.info("resumed %s at step %d", uri, self.step)
+        folder = RunFolder.of_checkpoint(saved.uri)
+        # Given a folder, load picked its newest valid checkpoint: anything newer is damaged, and is overwritten as the
+        # run passes its step. Given an older file, the user asked to branch off.
+        newer = [step for step, _ in folder.checkpoints() if step > saved.step] if saved.uri == uri else []
+        if newer:
+            log.warning("%s is older than its run's newest checkpoint (step %d): continuing in a new run folder, %s",
+                        saved.uri, max(newer), self.run_folder.uri)
+            self.loop_state.mlflow_run_id = None
+        else:
+            self.run_folder = folder
+        log.info("resumed %s at step %d", saved.uri, self.step)
 
     def save_checkpoint(self) -> str:
-        return self.source.save_checkpoint(self.step, self.loop_state, self.job.checkpoint_dir(), self.job.checkpoint.keep)
+        return self.source.save_checkpoint(self.step, self.loop_state, self.run_folder.uri, self.job.checkpoint.keep)
 
     # -- metrics ---------------------------------------------------------------------------------------------------
     def evaluate(self, episodes: int, progress: bool = False) -> dict[str, Estimate]:
@@ -193,23 +218,38 @@ class Trainer:
             from metadist.tracking import open_tracker
 
             tracker = open_tracker(job.tracking, job_name=job.name)
+        # The folder is taken before anything starts: an unwritable checkpoint location fails now, not at the
+        # first save after an hour of training.
+        self.run_folder.acquire()
         try:
-            self.source.start()
-            tracker.start(job, resume_run_id=self.run_id)
-            self.loop_state.mlflow_run_id = tracker.run_id
-            try:
-                result = self._loop(tracker)
-            except KeyboardInterrupt:
-                log.warning("interrupted at step %d; saved %s (resume with --resume)", self.step, self.save_checkpoint())
-                _end_quietly(tracker, "KILLED")
-                raise
-            except BaseException:
-                _end_quietly(tracker, "FAILED")  # the training error is the one to see, not a tracking one after it
-                raise
-            tracker.end("FINISHED")
-            return result
+            with sigterm_interrupts():
+                self.source.start()
+                tracker.start(job, resume_run_id=self.run_id)
+                self.loop_state.mlflow_run_id = tracker.run_id
+                try:
+                    result = self._loop(tracker)
+                except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (metadist.runtime.Terminated)
+                    self._save_on_interrupt(type(stop).__name__)
+                    _end_quietly(tracker, "KILLED")
+                    raise
+                except BaseException:
+                    _end_quietly(tracker, "FAILED")  # the training error is the one to see, not a tracking one after it
+                    raise
+                tracker.end("FINISHED")
+                return result
         finally:
-            self.source.close()
+            try:
+                self.source.close()
+            finally:
+                self.run_folder.release()
+
+    def _save_on_interrupt(self, what: str) -> None:
+        try:
+            uri = self.save_checkpoint()
+        except Exception as exc:  # noqa: BLE001 - the interrupt is what propagates; the failed save is reported
+            log.error("%s at step %d: could not save a checkpoint (%s)", what, self.step, exc)
+            return
+        log.warning("%s at step %d; saved %s (continue with --resume)", what, self.step, uri)
 
     def _loop(self, tracker: Tracker) -> TrainResult:
         job, train = self.job, self.job.train
