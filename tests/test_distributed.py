@@ -528,6 +528,16 @@ def test_cli_killed_driver_resumes_with_token_auth_to_the_same_parameters(undist
 
 
 @cluster
+def test_sigterm_to_the_driver_saves_a_checkpoint_and_exits_143(small1_uri, small2_uri, tmp_path):
+    report = _scenario("cli_sigterm", tmp_path, small1_uri, small2_uri, env=_auth_env())
+    assert report["returncode"] == 143, report["output"]
+    assert "Terminated at step" in report["output"] and "Traceback" not in report["output"], report["output"]
+    saved_at = int(report["output"].split("Terminated at step ")[1].split(";")[0])
+    assert report["steps"][-1] == saved_at and saved_at > 3, report
+    assert report["locks"] == []
+
+
+@cluster
 @pytest.mark.slow
 def test_two_nodes_any_worker_count_gives_the_same_bits(small1_uri, small2_uri, tmp_path):
     report = _scenario("two_nodes", tmp_path, small1_uri, small2_uri, env=_auth_env())
@@ -798,9 +808,28 @@ def _cli_resume(tmp: Path, small1_uri: str, small2_uri: str) -> dict:
             "checkpoint": ckpt_io.latest(job.checkpoint.uri)}
 
 
+def _cli_sigterm(tmp: Path, small1_uri: str, small2_uri: str) -> dict:
+    """`metadist train --workers 2` on a long job, sent SIGTERM (as `ray job stop` or a Kubernetes eviction does)
+    once it has written its first checkpoint."""
+    job = tiny_job(small1_uri, small2_uri, tmp / "sigterm", "train.steps=100000")
+    job_file = tmp / "job.yaml"
+    job_file.write_text(yaml.safe_dump(job.model_dump(mode="json")))
+    command = [sys.executable, "-m", "metadist", "train", str(job_file), "--workers", "2", "--no-progress"]
+    driver = subprocess.Popen(command, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + SCENARIO_TIMEOUT_S / 2
+    while not ckpt_io.run_checkpoints(job.checkpoint.uri) and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.05)
+    time.sleep(1.0)  # a few steps past the checkpoint
+    driver.send_signal(signal.SIGTERM)  # the driver alone: it stops its workers and the Ray it started
+    output, _ = driver.communicate(timeout=SCENARIO_TIMEOUT_S / 2)
+    return {"returncode": driver.returncode, "output": output[-6000:],
+            "steps": [s for s, _ in ckpt_io.run_checkpoints(job.checkpoint.uri)],
+            "locks": [str(p) for p in Path(job.checkpoint.uri).rglob(".lock")]}
+
+
 if __name__ == "__main__":
     name, tmp_dir, small1, small2 = sys.argv[1:5]
     scenario = {"elastic": _elastic, "cli_resume": _cli_resume, "autoscaling": _autoscaling, "two_nodes": _two_nodes,
-                "declared_gpus": _declared_gpus}[name]
+                "declared_gpus": _declared_gpus, "cli_sigterm": _cli_sigterm}[name]
     report = scenario(Path(tmp_dir), small1, small2)
     Path(tmp_dir, f"{name}.json").write_text(json.dumps(report))

@@ -357,7 +357,7 @@ def test_the_submission_names_the_job_relative_to_the_working_dir_and_forwards_t
                                      "--set 'name=a b' --workers 2")
     assert submission.runtime_env == {
         "working_dir": str(tmp_path), "excludes": list(WORKING_DIR_EXCLUDES), "pip": ["s3fs"],
-        "env_vars": {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "AWS_REGION": "eu-west-1"}}
+        "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "60", "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "AWS_REGION": "eu-west-1"}}
     assert submission.submission_id.startswith("my-job-")
     # A tracking server on this machine's loopback is not where a job on another machine can reach it.
     [warning] = submission.warnings

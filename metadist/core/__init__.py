@@ -1,4 +1,4 @@
-"""What every trainer, evaluator and server builds from a job: its task samplers, the model spec and builder, and the checkpoint format."""
+"""What every trainer, evaluator and server builds from a job: its task samplers, the model spec and builder, the checkpoint format and the run folders that own checkpoints."""
 
 from metadist.core.checkpoint import Checkpoint, LoopState
 from metadist.core.spec import ModelSpec, build, model_spec, resolve_device

@@ -7,8 +7,8 @@ leave the run's checkpoints or MLflow store in the job's temporary working direc
 
 What the job runs in (`prepare_submission`): the working directory, uploaded by Ray (it honours .gitignore and
 .rayignore, and `WORKING_DIR_EXCLUDES` here keeps virtualenvs, outputs and local MLflow stores out), becomes the
-job's current directory and is put on its PYTHONPATH; `env_vars` carries $MLFLOW_TRACKING_URI when set and the
-`--env` pairs; `pip` installs extra packages into a virtualenv of the job's own. The `metadist` command itself must
+job's current directory and is put on its PYTHONPATH; `env_vars` carries $MLFLOW_TRACKING_URI when set, the stop grace
+period and the `--env` pairs; `pip` installs extra packages into a virtualenv of the job's own. The `metadist` command itself must
 be installed on the cluster's nodes (cluster/ sets that up).
 """
 
@@ -40,6 +40,10 @@ WORKING_DIR_EXCLUDES = (
 )  # fmt: skip
 # Passed to the job from the submitting environment, when set there: where the job records its run.
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI",)
+# `ray job stop` sends SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S (Ray's default: 3 s). On SIGTERM the job
+# saves a checkpoint and marks its MLflow run KILLED, which can take longer than 3 s with a large model on S3; the
+# job supervisor reads the variable from the job's env_vars. `--env RAY_JOB_STOP_WAIT_TIME_S=...` overrides it.
+STOP_GRACE_ENV = {"RAY_JOB_STOP_WAIT_TIME_S": "60"}
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -90,7 +94,7 @@ def prepare_submission(
     excluded_by = _excluded_from_upload(root, relative)
     if excluded_by:
         raise SubmissionError(f"{job_file}: the job file would not be uploaded with {root} (excluded by {excluded_by})")
-    env_vars = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)} | dict(env or {})
+    env_vars = STOP_GRACE_ENV | {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)} | dict(env or {})
     runtime_env: dict = {"working_dir": str(root), "excludes": list(WORKING_DIR_EXCLUDES)}
     if env_vars:
         runtime_env["env_vars"] = env_vars
