@@ -6,9 +6,12 @@ earlier (a checkpoint folder, a shard set) is changed.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import socket
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ import pytest
 from metadist.cli import main
 from metadist.data import ShardSet, import_omniglot
 from metadist.errors import ShardError
-from tests.helpers import assert_one_line_error, train_tiny_cli
+from tests.helpers import assert_one_line_error, starts, train_tiny_cli
 from tests.synthetic import make_omniglot_zip
 
 
@@ -179,6 +182,20 @@ def test_invalid_command_line_flag_is_refused_by_the_job_model(command, flags, e
     assert _snapshot(checkpoint) == before
 
 
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        (["--ways", "1"], "ways: Input should be greater than or equal to 2"),
+        (["--shots", "0"], "shots: Input should be greater than or equal to 1"),
+        (["--affine", "inf", "0", "0"], "affine.degrees: Input should be a finite number"),
+        (["--seed", "-1"], "seed: Input should be greater than or equal to 0"),
+    ],
+)
+def test_invalid_data_sample_flag_is_refused_by_the_settings_models(flags, expected, base_set, capsys):
+    code, err = _cli(capsys, "data", "sample", str(base_set), *flags)
+    assert_one_line_error(code, err, expected)
+
+
 def test_negative_workers_flag_is_refused(saved, capsys):
     code, err = _cli(capsys, "train", "--workers", "-1", "--set", f"checkpoint.uri={saved}")
     assert_one_line_error(code, err, "distributed.workers")
@@ -303,8 +320,41 @@ def test_unreachable_http_uri_says_it_cannot_be_reached(saved, capsys):
     code, err = _cli(capsys, "train", "--set", f"data.train.uri={uri}", "--set", f"checkpoint.uri={saved}")
     assert_one_line_error(code, err, uri, "cannot be reached")
     assert _snapshot(saved) == before
+    code, err = _cli(capsys, "data", "import", "omniglot", f"{uri}/images_background.zip", "--out", str(saved / "new"))
+    assert_one_line_error(code, err, f"{uri}/images_background.zip", "cannot be reached")
+    assert _snapshot(saved) == before and not (saved / "new").exists()
 
 
 def test_missing_local_shard_set_still_does_not_exist(tmp_path, capsys):
     code, err = _cli(capsys, "data", "info", str(tmp_path / "nope"))
     assert_one_line_error(code, err, str(tmp_path / "nope"), "does not exist")
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+@starts("server")
+def http_folder(base_set):
+    """The folder holding `base_set` served over HTTP on loopback (no range requests: Python's plain file server)."""
+    handler = functools.partial(_QuietHandler, directory=str(base_set.parent))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join()
+
+
+def test_http_shard_set_that_is_absent_does_not_exist_and_one_that_is_there_is_read(http_folder, base_set, capsys):
+    """The server answers: a missing set is "does not exist" (HTTP 404), never "cannot be reached"; a server that
+    cannot serve a shard's byte ranges is an error naming the shard."""
+    code, err = _cli(capsys, "data", "info", f"{http_folder}/nope")
+    assert_one_line_error(code, err, f"{http_folder}/nope", "does not exist")
+    assert main(["data", "info", f"{http_folder}/{base_set.name}"]) == 0
+    assert "7 classes in 2 groups" in capsys.readouterr().out
+    code, err = _cli(capsys, "data", "sample", f"{http_folder}/{base_set.name}", "--ways", "3")
+    assert_one_line_error(code, err, f"{http_folder}/{base_set.name}/{_shard(base_set).name}", "range requests")

@@ -103,7 +103,7 @@ class ShardSet:
                 reader = pq.ParquetFile(source)
                 file_schema = reader.schema_arrow
                 batches = reader.num_row_groups
-        except (pa.ArrowInvalid, OSError) as exc:
+        except (pa.ArrowInvalid, ValueError, OSError) as exc:  # ValueError: fsspec, e.g. an HTTP server without ranges
             raise ShardError(f"{where}: not a readable {self.manifest.file_format} shard ({exc})") from exc
         self._check_schema(file_schema, where)
         if batches < self._batches_needed[shard]:
@@ -132,7 +132,7 @@ class ShardSet:
                 table = reader.get_batch(info.batch)
             else:
                 table = reader.read_row_group(info.batch)
-        except (pa.ArrowInvalid, OSError) as exc:
+        except (pa.ArrowInvalid, ValueError, OSError) as exc:  # ValueError: fsspec, e.g. an HTTP server without ranges
             raise ShardError(f"{where}: class {info.name!r} (batch {info.batch}) cannot be read ({exc})") from exc
         if table.num_rows != info.count:
             raise ShardError(f"{where}: class {info.name!r} has {table.num_rows} rows, the manifest says {info.count}")
