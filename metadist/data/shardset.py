@@ -2,9 +2,9 @@
 
 A process opens only the shards its episodes touch, keeps at most `max_open_shards` open (least recently used
 are closed), and memory-maps local files, so what it holds does not grow with the number of shards. The first
-time it opens a shard it checks the file's SHA-256 against the manifest (`verify_checksums`, on by default): one
-streaming read per shard per process, never repeated when the shard is reopened, and nothing on the sampler's path
-to a shard already open.
+time a ShardSet opens a shard it checks the file's SHA-256 against the manifest (`verify_checksums`, on by
+default): one streaming read per shard per ShardSet (a process opens each shard set it samples from once), never
+repeated when the shard is reopened, and nothing on the sampler's path to a shard already open.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class ShardSet:
         self.fs, self.root = filesystem(self.uri, storage_options)
         self.max_open_shards = max_open_shards
         self.verify_checksums = verify_checksums
-        self._hashed: set[int] = set()  # shards whose SHA-256 matched in this process
+        self._hashed: set[int] = set()  # shards whose SHA-256 matched (never hashed twice)
         self.manifest = self._read_manifest()
         self.preprocessing = ImagePreprocessing.from_dict(self.manifest.preprocessing)
         self._expected_example_type = schema.example_type(self.manifest.example_encoding, self.manifest.example_shape)
@@ -158,7 +158,7 @@ class ShardSet:
 
     # -- integrity -------------------------------------------------------------------------------------------
     def _check_sha256(self, shard: int) -> None:
-        """Stream shard `shard` through SHA-256 and compare with the manifest; remember a match for this process."""
+        """Stream shard `shard` through SHA-256 and compare with the manifest; remember a match."""
         info = self.manifest.shards[shard]
         path = join(self.root, info.path)
         digest = hashlib.sha256()
