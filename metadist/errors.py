@@ -5,6 +5,10 @@ class MetadistError(Exception):
     """Base class; the CLI prints these without a traceback."""
 
 
+class StorageError(MetadistError):
+    """A URI cannot be used: no filesystem knows its protocol, or its store cannot be reached; the message names it."""
+
+
 class ShardError(MetadistError):
     """A shard set (manifest or shard file) is missing, corrupted or of the wrong schema."""
 

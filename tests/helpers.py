@@ -58,6 +58,18 @@ def started_by(function) -> tuple[str, ...]:
     return ()
 
 
+# -- command-line errors ---------------------------------------------------------------------------------------------
+def assert_one_line_error(code: int, err: str, *expected: str) -> None:
+    """Exit code 2 and the error as the last line of stderr (a progress bar may come before it), no traceback."""
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert err.endswith("\n") and err.count("metadist: error: ") == 1, err
+    line = err.splitlines()[-1]
+    assert line.startswith("metadist: error: "), err
+    for text in expected:
+        assert text in line, err
+
+
 # -- tiny jobs -------------------------------------------------------------------------------------------------------
 def tiny_job(small1_uri, small2_uri, tmp_path, *overrides: str):
     """A JobConfig for a few seconds of training: conv-4 with 8 filters, 6 steps, checkpoints under tmp_path/ckpt."""

@@ -35,11 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except ValidationError as exc:  # a settings model built outside metadist.config.validate
-        print(f"metadist: error: {exc.title}: {validation_message(exc)}", file=sys.stderr)
+        _error(f"{exc.title}: {validation_message(exc)}")
         return 2
     except MetadistError as exc:
         # Our errors already name the file, field or class at fault: print them, not a traceback.
-        print(f"metadist: error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 2
     except Terminated:  # what was running saved what it could and said so
         print("metadist: stopped by SIGTERM", file=sys.stderr)
@@ -47,3 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("metadist: interrupted", file=sys.stderr)
         return 130
+
+
+def _error(message: str) -> None:
+    """The one line a failed command prints (a message quoting another library's text may hold line breaks)."""
+    print(f"metadist: error: {' '.join(message.split())}", file=sys.stderr)

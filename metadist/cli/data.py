@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metadist.config import EpisodeConfig, SplitConfig
+from metadist.config import EpisodeConfig, SplitConfig, TrainConfig
 from metadist.data.bundled import SCHEME, cache_dir, resolve_uri
 
 DEFAULT_SAMPLE_URI = f"{SCHEME}omniglot-small1"
@@ -151,6 +151,7 @@ def _sample(args) -> None:
     if "affine" in given:
         given["affine"] = dict(zip(("degrees", "scale", "shear"), given["affine"]))
     episode = EpisodeConfig(**given)
+    TrainConfig(seed=args.seed)  # the seed follows a job's rules (train.seed)
     shards = ShardSet(resolve_uri(args.uri))
     sampler = EpisodeSampler(shards, episode, split=SplitConfig(groups=args.groups), seed=args.seed)
     batch = sampler.sample(args.step, [args.task])

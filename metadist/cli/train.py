@@ -82,26 +82,31 @@ def _train(args) -> int:
 
 # -- eval ------------------------------------------------------------------------------------------------------------
 def _eval(args) -> int:
-    from metadist.config import SplitConfig, TaskSourceConfig
+    from metadist.config import apply_flags
     from metadist.core import build, make_sampler, resolve_device
     from metadist.core import checkpoint as ckpt_io
     from metadist.training.evaluation import evaluate
 
     saved = ckpt_io.load(args.checkpoint)
     job = saved.job
-    if args.seed is not None:
-        job = job.model_copy(update={"train": job.train.model_copy(update={"seed": args.seed})})
+    if job.data.regression is None and job.data.test is None and (args.data or args.groups):
+        job = job.model_copy(update={"data": job.data.model_copy(update={"test": job.data.train})})  # as measured
+    # The flags are job settings: the job model validates them, as it does a job file or --set.
+    job = apply_flags(job, {
+        "--episodes": ("train.final_eval_episodes", args.episodes),
+        "--data": ("data.test", None if args.data is None else {"uri": args.data}),
+        "--groups": ("data.test.split", None if args.groups is None else {"groups": args.groups}),
+        "--ways": ("data.test_episode.ways", args.ways),
+        "--shots": ("data.test_episode.shots", args.shots),
+        "--queries": ("data.test_episode.queries", args.queries),
+        "--inner-steps": ("algorithm.eval_inner_steps", args.inner_steps),
+        "--seed": ("train.seed", args.seed),
+    })  # fmt: skip
     source, episode = None, None
     if job.data.regression is None:
         source = job.data.test or job.data.train
         assert source is not None  # validated: classification names its training shards
-        if args.data:
-            source = TaskSourceConfig.model_validate({"uri": args.data})
-        if args.groups:
-            source = source.model_copy(update={"split": SplitConfig.model_validate({"groups": args.groups})})
         episode = job.data.test_episode
-        updates = {k: getattr(args, k) for k in ("ways", "shots", "queries") if getattr(args, k) is not None}
-        episode = episode.model_copy(update=updates)
         if saved.model_spec.outputs is not None and episode.ways > saved.model_spec.outputs:
             raise ConfigError(f"--ways {episode.ways}: the checkpoint's head has {saved.model_spec.outputs} outputs")
     sampler = make_sampler(job, "test", episode=episode, source=source)
@@ -109,9 +114,9 @@ def _eval(args) -> int:
     model, learner = build(job, saved.model_spec)
     model.to(device)
     params = {k: v.to(device) for k, v in saved.meta_params.items()}
-    episodes = args.episodes or job.train.final_eval_episodes
+    episodes = job.train.final_eval_episodes
     result = evaluate(learner, params, sampler, episodes=episodes, batch_size=job.train.meta_batch,
-                      inner_steps=args.inner_steps, device=device, progress=True)
+                      inner_steps=job.algorithm.eval_inner_steps, device=device, progress=True)
     if args.json:
         print(json.dumps({k: {"mean": e.mean, "ci95": e.ci95, "episodes": e.n} for k, e in result.items()}, indent=2))
     else:
@@ -124,9 +129,13 @@ def _eval(args) -> int:
 
 # -- predict ---------------------------------------------------------------------------------------------------------
 def _predict(args) -> int:
+    from metadist.config import apply_flags
+    from metadist.core import checkpoint as ckpt_io
     from metadist.inference import FewShotClassifier, read_queries, read_support
 
-    classifier = FewShotClassifier.from_checkpoint(args.checkpoint, device=args.device, inner_steps=args.inner_steps)
+    saved = ckpt_io.load(args.checkpoint)
+    job = apply_flags(saved.job, {"--inner-steps": ("algorithm.eval_inner_steps", args.inner_steps)})
+    classifier = FewShotClassifier(saved, device=args.device, inner_steps=job.algorithm.eval_inner_steps, where=args.checkpoint)
     support_images, support_labels = read_support(args.support)
     query_images, sources = read_queries(args.query)
     predictions = classifier.predict(support_images, support_labels, query_images)

@@ -5,6 +5,7 @@ from metadist.config.job import (
     DEFAULT_CACHE_MB,
     DEFAULT_CHECKPOINT_DIR,
     DEFAULT_MAX_OPEN_SHARDS,
+    DEFAULT_VERIFY_CHECKSUMS,
     DISTRIBUTED_MODES,
     METRIC_ALGORITHMS,
     SMALL2_NEW_ALPHABETS,
@@ -25,6 +26,7 @@ from metadist.config.job import (
     TrainConfig,
 )
 from metadist.config.loading import (
+    apply_flags,
     apply_overrides,
     load_job,
     load_job_with,
@@ -35,9 +37,10 @@ from metadist.config.loading import (
 )
 
 __all__ = [
-    "ALGORITHMS", "DEFAULT_CACHE_MB", "DEFAULT_CHECKPOINT_DIR", "DEFAULT_MAX_OPEN_SHARDS", "DISTRIBUTED_MODES", "METRIC_ALGORITHMS", "SMALL2_NEW_ALPHABETS", "STALE_POLICIES",
+    "ALGORITHMS", "DEFAULT_CACHE_MB", "DEFAULT_CHECKPOINT_DIR", "DEFAULT_MAX_OPEN_SHARDS", "DEFAULT_VERIFY_CHECKSUMS",
+    "DISTRIBUTED_MODES", "METRIC_ALGORITHMS", "SMALL2_NEW_ALPHABETS", "STALE_POLICIES",
     "AffineJitterConfig", "AlgorithmConfig", "CheckpointConfig", "DataConfig", "DistributedConfig", "EpisodeConfig",
     "JobConfig", "ModelConfig", "OptimizerConfig", "RegressionConfig", "SplitConfig", "TaskSourceConfig", "TrackingConfig",
-    "TrainConfig", "apply_overrides", "load_job", "load_job_with", "read_mapping", "set_dotted", "validate",
+    "TrainConfig", "apply_flags", "apply_overrides", "load_job", "load_job_with", "read_mapping", "set_dotted", "validate",
     "validation_message",
 ]  # fmt: skip

@@ -39,16 +39,21 @@ def set_dotted(raw: dict[str, Any], overrides: list[str], example: str = "train.
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. {example}")
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if node.get(part) is None:
-                node[part] = {}
-            if not isinstance(node[part], dict):
-                raise ConfigError(f"--set {key}: {part!r} is not a section")
-            node = node[part]
-        node[parts[-1]] = yaml.safe_load(value)
+        _set_key(raw, key, yaml.safe_load(value), f"--set {key}")
     return raw
+
+
+def _set_key(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
+    """raw[a][b][c] = value for key 'a.b.c', making missing (or null) sections."""
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if node.get(part) is None:
+            node[part] = {}
+        if not isinstance(node[part], dict):
+            raise ConfigError(f"{where}: {part!r} is not a section")
+        node = node[part]
+    node[parts[-1]] = value
 
 
 def validation_message(exc: ValidationError) -> str:
@@ -83,6 +88,43 @@ def apply_overrides(job: JobConfig, overrides: list[str]) -> JobConfig:
     if not overrides:
         return job
     return validate(JobConfig, set_dotted(job.model_dump(mode="json"), overrides), "--set")
+
+
+def apply_flags(job: JobConfig, flags: dict[str, tuple[str, Any]]) -> JobConfig:
+    """Command-line flags that stand for job settings, validated by the job model exactly as a job file or --set is.
+
+    `flags` maps a flag to (dotted key, value), e.g. {"--shots": ("data.test_episode.shots", args.shots)}; flags
+    whose value is None were not given and change nothing. An error names the flag, its value and its field.
+    """
+    given = {flag: (key, value) for flag, (key, value) in flags.items() if value is not None}
+    if not given:
+        return job
+    raw = job.model_dump(mode="json")
+    for flag, (key, value) in given.items():
+        _set_key(raw, key, value, flag)
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_flag_message(exc, given)) from exc
+
+
+def _flag_message(exc: ValidationError, given: dict[str, tuple[str, Any]]) -> str:
+    """Each problem as '--flag VALUE (field.path): what is wrong'; one that no flag's field explains (a rule
+    across fields) is led by every flag given."""
+
+    def shown(value: Any) -> str:
+        return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    everything = ", ".join(f"{flag} {shown(value)}" for flag, (_, value) in given.items())
+    problems = []
+    for error in exc.errors():
+        where = ".".join(map(str, error["loc"]))
+        flag = next((f for f, (key, _) in given.items() if where == key or where.startswith(key + ".")), None)
+        if flag is None:
+            problems.append(f"{everything}: {where + ': ' if where else ''}{error['msg']}")
+        else:
+            problems.append(f"{flag} {shown(given[flag][1])} ({where}): {error['msg']}")
+    return "; ".join(problems)
 
 
 def load_job_with(path: str | None, overrides: list[str]) -> JobConfig:

@@ -46,7 +46,7 @@ def model_spec(job: JobConfig, train_sampler: EpisodeSampler | RegressionSampler
         shards = train_sampler.shards
     else:
         assert job.data.train is not None  # validated: a classification job names its training shards
-        shards = open_shards(job.data.train)
+        shards = open_shards(job.data.train, verify_checksums=job.data.verify_checksums)
     outputs = None if job.algorithm.is_metric else job.data.episode.ways
     return ModelSpec("classification", tuple(shards.manifest.example_shape), outputs, shards.manifest.preprocessing)
 

@@ -6,17 +6,18 @@ workers) sees the same episode, and held-out tasks come from a seed stream of th
 
 from __future__ import annotations
 
-from metadist.config import EpisodeConfig, JobConfig, TaskSourceConfig
+from metadist.config import DEFAULT_VERIFY_CHECKSUMS, EpisodeConfig, JobConfig, TaskSourceConfig
 from metadist.data import EpisodeSampler, RegressionSampler, ShardSet, resolve_uri
 
 # Held-out tasks are drawn from a seed stream of their own, so evaluation never replays training episodes.
 EVAL_SEED_OFFSET = 1_000_003
 
 
-def open_shards(source: TaskSourceConfig, *, progress: bool = True) -> ShardSet:
+def open_shards(source: TaskSourceConfig, *, progress: bool = True, verify_checksums: bool = DEFAULT_VERIFY_CHECKSUMS) -> ShardSet:
     """The shard set a task source names (bundled:// sets are imported into the local cache on first use)."""
     return ShardSet(
-        resolve_uri(source.uri, progress=progress), storage_options=source.storage_options, max_open_shards=source.max_open_shards
+        resolve_uri(source.uri, progress=progress), storage_options=source.storage_options,
+        max_open_shards=source.max_open_shards, verify_checksums=verify_checksums,
     )
 
 
@@ -33,7 +34,8 @@ def make_sampler(job: JobConfig, split: str, *, progress: bool = True, episode: 
         raise ValueError(f"data.{split} is not set: no shard set to draw {split} tasks from")
     if episode is None:
         episode = data.episode if split == "train" else data.test_episode
-    return EpisodeSampler(open_shards(source, progress=progress), episode, split=source.split, seed=seed, cache_mb=source.cache_mb)
+    shards = open_shards(source, progress=progress, verify_checksums=data.verify_checksums)
+    return EpisodeSampler(shards, episode, split=source.split, seed=seed, cache_mb=source.cache_mb)
 
 
 def task_indices(meta_batch: int) -> range:

@@ -8,6 +8,7 @@ set: importers write it only after every shard is in place.
 from __future__ import annotations
 
 import json
+import posixpath
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -17,7 +18,7 @@ from metadist.errors import ShardError
 
 @dataclass(frozen=True)
 class ShardInfo:
-    path: str  # relative to the shard set's root
+    path: str  # relative to the shard set's root, and inside it (checked when the manifest is read)
     num_rows: int
     num_bytes: int
     sha256: str
@@ -118,6 +119,12 @@ class Manifest:
                     value = getattr(entry, key)
                     if not isinstance(value, typ) or isinstance(value, bool):
                         raise ShardError(f"{where}: field '{kind}[{i}].{key}' must be {typ.__name__}, got {type(value).__name__}")
+        for i, shard in enumerate(shards):
+            if not stays_inside(shard.path):
+                raise ShardError(
+                    f"{where}: field 'shards[{i}].path' is {shard.path!r}; a shard's path must be relative and stay "
+                    "inside the shard set"
+                )
         preprocessing = need(doc, "preprocessing", dict, "")
         for key, typ in (("mode", str), ("size", list), ("resample", str), ("invert", bool)):
             need(preprocessing, key, typ, "preprocessing.")
@@ -145,3 +152,12 @@ class Manifest:
             shards=shards,
             classes=classes,
         )
+
+
+def stays_inside(path: str) -> bool:
+    """A relative path that names a file inside its base: not absolute, no drive or URI (C:, s3://, a::b: no colon at
+    all), no backslash, and no '..' that climbs out."""
+    if not path or path.startswith("/") or "\\" in path or ":" in path:
+        return False
+    normal = posixpath.normpath(path)
+    return normal not in (".", "..") and not normal.startswith("../")

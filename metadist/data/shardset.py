@@ -1,7 +1,10 @@
 """Read a shard set lazily: the manifest first, then exactly the record batches (classes) that are asked for.
 
 A process opens only the shards its episodes touch, keeps at most `max_open_shards` open (least recently used
-are closed), and memory-maps local files, so what it holds does not grow with the number of shards.
+are closed), and memory-maps local files, so what it holds does not grow with the number of shards. The first
+time a ShardSet opens a shard it checks the file's SHA-256 against the manifest (`verify_checksums`, on by
+default): one streaming read per shard per ShardSet (a process opens each shard set it samples from once), never
+repeated when the shard is reopened, and nothing on the sampler's path to a shard already open.
 """
 
 from __future__ import annotations
@@ -14,14 +17,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from metadist.config import DEFAULT_MAX_OPEN_SHARDS
+from metadist.config import DEFAULT_MAX_OPEN_SHARDS, DEFAULT_VERIFY_CHECKSUMS
 from metadist.data import schema
 from metadist.data.images import ImagePreprocessing
 from metadist.data.manifest import ClassInfo, Manifest
-from metadist.data.uri import filesystem, is_local, join
+from metadist.data.uri import file_info, filesystem, is_local, join
 from metadist.errors import DataImportError, ShardError
 
 log = logging.getLogger(__name__)
+
+HASH_BLOCK_BYTES = 1 << 22  # 4 MiB reads while hashing: one shard never sits in memory whole
 
 
 class ShardSet:
@@ -32,10 +37,13 @@ class ShardSet:
     >>> pixels = shards.read_class(shards.manifest.class_index["Greek/character01"])  # uint8 [20, 1, 28, 28]
     """
 
-    def __init__(self, uri: str, *, storage_options: dict | None = None, max_open_shards: int = DEFAULT_MAX_OPEN_SHARDS) -> None:
+    def __init__(self, uri: str, *, storage_options: dict | None = None, max_open_shards: int = DEFAULT_MAX_OPEN_SHARDS,
+                 verify_checksums: bool = DEFAULT_VERIFY_CHECKSUMS) -> None:
         self.uri = uri.rstrip("/")
         self.fs, self.root = filesystem(self.uri, storage_options)
         self.max_open_shards = max_open_shards
+        self.verify_checksums = verify_checksums
+        self._hashed: set[int] = set()  # shards whose SHA-256 matched (never hashed twice)
         self.manifest = self._read_manifest()
         self.preprocessing = ImagePreprocessing.from_dict(self.manifest.preprocessing)
         self._expected_example_type = schema.example_type(self.manifest.example_encoding, self.manifest.example_shape)
@@ -51,9 +59,9 @@ class ShardSet:
     # -- manifest --------------------------------------------------------------------------------------------
     def _read_manifest(self) -> Manifest:
         path = join(self.root, schema.MANIFEST_NAME)
-        if not self.fs.exists(self.root):
-            raise ShardError(f"{self.uri}: does not exist")
-        if not self.fs.exists(path):
+        if file_info(self.fs, path, self.uri) is None:
+            if file_info(self.fs, self.root, self.uri) is None:
+                raise ShardError(f"{self.uri}: does not exist")
             raise ShardError(
                 f"{self.uri}: no {schema.MANIFEST_NAME}; not a shard set, or its import did not finish "
                 "(the manifest is written last)"
@@ -78,12 +86,13 @@ class ShardSet:
         info = self.manifest.shards[shard]
         path = join(self.root, info.path)
         where = self.shard_uri(shard)
-        try:
-            size = self.fs.size(path)
-        except FileNotFoundError:
-            raise ShardError(f"{where}: listed in the manifest but missing") from None
-        if size != info.num_bytes:
-            raise ShardError(f"{where}: {size} bytes, the manifest says {info.num_bytes}; truncated or replaced?")
+        stat = file_info(self.fs, path, where)
+        if stat is None:
+            raise ShardError(f"{where}: listed in the manifest but missing")
+        if stat.get("size") != info.num_bytes:
+            raise ShardError(f"{where}: {stat.get('size')} bytes, the manifest says {info.num_bytes}; truncated or replaced?")
+        if self.verify_checksums and shard not in self._hashed:
+            self._check_sha256(shard)
         source = pa.memory_map(self.fs._strip_protocol(path)) if is_local(self.fs) else self.fs.open(path, "rb")
         try:
             if self.manifest.file_format == "arrow":
@@ -94,7 +103,7 @@ class ShardSet:
                 reader = pq.ParquetFile(source)
                 file_schema = reader.schema_arrow
                 batches = reader.num_row_groups
-        except (pa.ArrowInvalid, OSError) as exc:
+        except (pa.ArrowInvalid, ValueError, OSError) as exc:  # ValueError: fsspec, e.g. an HTTP server without ranges
             raise ShardError(f"{where}: not a readable {self.manifest.file_format} shard ({exc})") from exc
         self._check_schema(file_schema, where)
         if batches < self._batches_needed[shard]:
@@ -123,7 +132,7 @@ class ShardSet:
                 table = reader.get_batch(info.batch)
             else:
                 table = reader.read_row_group(info.batch)
-        except (pa.ArrowInvalid, OSError) as exc:
+        except (pa.ArrowInvalid, ValueError, OSError) as exc:  # ValueError: fsspec, e.g. an HTTP server without ranges
             raise ShardError(f"{where}: class {info.name!r} (batch {info.batch}) cannot be read ({exc})") from exc
         if table.num_rows != info.count:
             raise ShardError(f"{where}: class {info.name!r} has {table.num_rows} rows, the manifest says {info.count}")
@@ -148,21 +157,31 @@ class ShardSet:
         return out
 
     # -- integrity -------------------------------------------------------------------------------------------
+    def _check_sha256(self, shard: int) -> None:
+        """Stream shard `shard` through SHA-256 and compare with the manifest; remember a match."""
+        info = self.manifest.shards[shard]
+        path = join(self.root, info.path)
+        digest = hashlib.sha256()
+        try:
+            with self.fs.open(path, "rb") as f:
+                for block in iter(lambda: f.read(HASH_BLOCK_BYTES), b""):
+                    digest.update(block)
+        except FileNotFoundError:
+            file_info(self.fs, path, self.shard_uri(shard))  # a store that cannot be reached says so
+            raise ShardError(f"{self.shard_uri(shard)}: listed in the manifest but missing") from None
+        if digest.hexdigest() != info.sha256:
+            raise ShardError(
+                f"{self.shard_uri(shard)}: SHA-256 differs from the manifest; the shard is corrupted or was changed "
+                "after its import"
+            )
+        self._hashed.add(shard)
+
     def verify(self, progress: bool = False) -> None:
         """Check every shard's size and SHA-256 against the manifest, and every class's rows."""
         from tqdm.auto import tqdm
 
-        for i, info in enumerate(tqdm(self.manifest.shards, desc="verify shards", unit="shard", disable=not progress)):
-            path = join(self.root, info.path)
-            digest = hashlib.sha256()
-            try:
-                with self.fs.open(path, "rb") as f:
-                    for block in iter(lambda: f.read(2**22), b""):
-                        digest.update(block)
-            except FileNotFoundError:
-                raise ShardError(f"{self.shard_uri(i)}: listed in the manifest but missing") from None
-            if digest.hexdigest() != info.sha256:
-                raise ShardError(f"{self.shard_uri(i)}: SHA-256 differs from the manifest; the shard is corrupted")
+        for i in tqdm(range(len(self.manifest.shards)), desc="verify shards", unit="shard", disable=not progress):
+            self._check_sha256(i)
         for index in range(len(self.manifest.classes)):
             self.read_class(index)
 

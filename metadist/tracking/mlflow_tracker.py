@@ -145,7 +145,11 @@ class MlflowTracker:
         if self.run_id is not None:
             raise RuntimeError(f"tracker already started run {self.run_id}")
         self._probe()
-        self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        try:
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        except MlflowException as exc:  # a scheme MLflow has no store for (bogus://, a misspelt sqlite://)
+            message = " ".join(exc.message.replace(self.tracking_uri, self.display_uri).split())
+            raise TrackingError(f"{self.display_uri}: not a tracking URI MLflow can use ({message})") from exc
         safe_job = self._job = redact_job(job)
         try:
             if resume_run_id is not None:

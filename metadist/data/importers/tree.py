@@ -8,7 +8,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from metadist.data.uri import filesystem
+from metadist.data.uri import file_info, filesystem
 from metadist.errors import DataImportError
 
 
@@ -24,7 +24,7 @@ class InputTree:
     def __init__(self, uri: str, storage_options: dict | None = None) -> None:
         self.uri = uri
         self.fs, self.root = filesystem(uri, storage_options)
-        if not self.fs.exists(self.root):
+        if file_info(self.fs, self.root, uri) is None:  # a store that cannot be reached says so
             raise DataImportError(f"{uri}: does not exist")
         self._zip: zipfile.ZipFile | None = None
         if self.fs.isfile(self.root):
