@@ -18,7 +18,7 @@ GENERATED = {"metadist.serving.fewshot_pb2", "metadist.serving.fewshot_pb2_grpc"
 
 # Bottom to top. A unit (top-level module or package) may import only from units strictly below it, and from itself.
 LAYERS: list[set[str]] = [
-    {"errors", "runtime"},
+    {"errors", "runtime", "version"},
     {"config"},
     {"data", "models"},
     {"algorithms"},
@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"tracking"},
     {"training"},
     {"distributed"},
-    {"submission", "serving"},
+    {"submission", "serving", "api"},
     {"cli"},
     {"__main__"},
 ]

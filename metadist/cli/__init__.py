@@ -8,10 +8,10 @@ import sys
 
 from pydantic import ValidationError
 
-from metadist import __version__
 from metadist.config import validation_message
 from metadist.errors import MetadistError
 from metadist.runtime import Terminated, configure_process
+from metadist.version import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,6 @@ import sys
 
 import yaml
 
-from metadist.config import load_job_with
 from metadist.errors import ConfigError
 
 
@@ -51,27 +50,15 @@ def add_commands(commands) -> None:
 
 # -- train -----------------------------------------------------------------------------------------------------------
 def _train(args) -> int:
-    from metadist.training import LocalTrainer, Trainer
+    from metadist.api import resolve_job, run_job
 
-    overrides = list(args.overrides)
-    if args.workers is not None:
-        overrides.append(f"distributed.workers={args.workers}")
-    if args.address is not None:
-        overrides.append(f"distributed.address={json.dumps(args.address)}")
-    job = load_job_with(args.job, overrides)
+    job = resolve_job(args.job, args.overrides, workers=args.workers, address=args.address)
     text = yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)
     if args.print_config:
         print(text, end="")
         return 0
     print(f"# metadist job {job.name}\n{text}", file=sys.stderr)
-    trainer: Trainer
-    if job.distributed.workers > 0:
-        from metadist.distributed import DistributedTrainer
-
-        trainer = DistributedTrainer(job, resume=args.resume, progress=not args.no_progress)
-    else:
-        trainer = LocalTrainer(job, resume=args.resume, progress=not args.no_progress)
-    result = trainer.run()
+    result = run_job(job, resume=args.resume, progress=not args.no_progress)
     print(f"checkpoint: {result.checkpoint_uri}")
     if result.run_id:
         print(f"mlflow run: {result.run_id}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 
-import metadist
 from metadist.config import JobConfig
+from metadist.version import __version__
 
 # What loading the pyfunc imports (mlflow, pandas, and metadist.inference's imports), pinned at log time.
 MODEL_REQUIREMENTS = ("mlflow", "pandas", "torch", "numpy", "pillow", "pydantic", "pyyaml", "safetensors", "fsspec",
@@ -16,7 +16,7 @@ MODEL_REQUIREMENTS = ("mlflow", "pandas", "torch", "numpy", "pillow", "pydantic"
 def run_tags(job: JobConfig) -> dict[str, str]:
     data = job.data
     tags = {
-        "metadist.version": metadist.__version__,
+        "metadist.version": __version__,
         "metadist.job": job.name,
         "metadist.algorithm": job.algorithm.name,
         "metadist.model": job.model.name,

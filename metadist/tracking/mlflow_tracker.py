@@ -38,7 +38,6 @@ from urllib.parse import unquote, urlparse
 
 import yaml
 
-import metadist
 from metadist.config import JobConfig, TrackingConfig
 from metadist.errors import TrackingError
 from metadist.tracking.environment import model_requirements, run_tags
@@ -46,6 +45,7 @@ from metadist.tracking.redaction import hide_password, redact_job
 from metadist.tracking.system_metrics import start_system_metrics
 from metadist.tracking.uri import process_tracking_uri, resolve_tracking_uri
 
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # metadist/, packaged with every logged model
 log = logging.getLogger(__name__)
 
 HEALTH_PROBE_TIMEOUT_S = 10.0
@@ -347,7 +347,7 @@ class MlflowTracker:
                 run_id=run_id,
                 python_model=str(entry),
                 artifacts={ARTIFACT_KEY: path},
-                code_paths=[str(Path(metadist.__file__).parent)],
+                code_paths=[str(PACKAGE_DIR)],
                 pip_requirements=model_requirements(),
                 signature=signature(),
             )
