@@ -188,15 +188,22 @@ def test_after_sigkill_resume_logs_no_metric_point_twice(small1_uri, small2_uri,
     from mlflow import MlflowClient
 
     root = tmp_path / "ckpt"
-    command = _long_run(small1_uri, small2_uri, root, mlflow_server)
+    command = _long_run(small1_uri, small2_uri, root, mlflow_server, "checkpoint.every=20")
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _wait_for_checkpoint(process, root, 5)
-    time.sleep(1.0)  # points logged after the checkpoint, which the resumed run computes again
+    _wait_for_checkpoint(process, root, 20)
+    client = MlflowClient(mlflow_server)
+    run_id = ckpt_io.load(str(root)).loop.mlflow_run_id
+    deadline = time.monotonic() + CLI_TIMEOUT_S
+    while True:  # kill a few steps past the step-20 checkpoint, long before the next one
+        steps = [m.step for m in client.get_metric_history(run_id, "loss_after")]
+        if max(steps) >= 23:
+            break
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
     process.kill()
     process.wait()
     saved = ckpt_io.load(str(root))
-    client = MlflowClient(mlflow_server)
-    logged = max(m.step for m in client.get_metric_history(saved.loop.mlflow_run_id, "loss_after"))
+    logged = max(m.step for m in client.get_metric_history(run_id, "loss_after"))
     assert logged > saved.step, "the kill came too early to test anything"
     # The lock of the killed process is stale (its pid is gone): resume takes it over.
     done = subprocess.run(command + ["--set", f"train.steps={logged + 3}", "--resume"], capture_output=True, text=True,
