@@ -242,6 +242,8 @@ def _png_header_bomb(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
 
 
+# metadist.data.images ignores Pillow's warning process-wide; pytest restores the filters for each test.
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 @pytest.mark.parametrize("side, expect", [(12_000, "12000×12000 pixels"), (20_000, "too many pixels")])
 def test_predict_refuses_a_huge_image_in_one_line_naming_the_file(checkpoint, tmp_path, capsys, side, expect):
     """12000×12000 (beyond max_image_pixels: about 1 GB decoded as RGB) and a 20000×20000 decompression bomb (beyond

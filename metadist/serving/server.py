@@ -6,7 +6,12 @@
 
 Health (grpc.health.v1, service "" and "metadist.serving.v1.FewShot") answers without a token, so load
 balancers and Kubernetes probes can use it; it tells only SERVING or NOT_SERVING. Every other method needs the
-token when one is configured. Nothing on the wire is pickled: requests and answers are protobuf messages.
+token when one is configured, checked on the call's metadata before its request is read. Nothing on the wire is
+pickled: requests and answers are protobuf messages.
+
+The server is gRPC's asyncio server: a call that has not sent its request holds no thread; received requests are
+decoded and computed in max_workers threads. Its limits on connections, keepalive and logging: docs/serving.md,
+"What a client can hold open".
 """
 
 from __future__ import annotations
