@@ -15,6 +15,8 @@ What it measures, for each algorithm of --algorithms (default: MAML and ProtoNet
     connection), each sending AdaptAndClassify requests back to back: 5 support images (one per class) and 5
     queries, original 105×105 Omniglot PNGs (images_background_small2's Tagalog), so the server decodes and
     resizes them as it would a user's files. Each client cycles through 20 different tasks.
+  * a last level, --stalled-clients clients (default 16) while --stalled calls (default 16) stay open that sent their
+    metadata and never their request (each on a connection of its own): what such calls cost the others;
   Each level: --warmup-s of untimed requests, then timed requests until --seconds pass or --requests complete
   (whichever first). Latency is the client's: from the call to its answer, one per request; p50 and p99 over all
   timed requests of the level. Server CPU is the server process's CPU time over the timed wall time (2.0 = two
@@ -46,11 +48,13 @@ from common.results import add_output_arguments, machine_info, publish, results_
 from common.stats import percentile
 
 RESULTS_PATH = results_path("serving")
+BEFORE_PATH = results_path("serving_before")  # the thread-pool server's figures, for comparison
 DOC_SECTION = template_heading("serving")
 COMMAND = ".venv/bin/python bench/serving.py"
 
 WAYS, SHOTS, QUERIES = 5, 1, 5  # queries in total: one per class
 CONCURRENCY = (1, 4, 16)
+STALLED = 16  # calls that never send their request, open during the last level
 TASKS_PER_CLIENT = 20
 ALPHABET = "Tagalog"  # of images_background_small2; 17 characters × 20 drawings
 STARTUP_TIMEOUT_S = 120
@@ -132,6 +136,36 @@ class ServerProcess:
 
 
 # -- the clients ----------------------------------------------------------------------------------------------------
+class StalledCalls:
+    """`count` AdaptAndClassify calls, each on a connection of its own, that send their metadata and never their
+    request: request-streaming calls whose iterator blocks (on the wire, a unary call is the same stream)."""
+
+    def __init__(self, address: str, count: int) -> None:
+        import grpc
+
+        self._release = threading.Event()
+        self._channels = [grpc.insecure_channel(address) for _ in range(count)]
+        self.calls = []
+        for channel in self._channels:
+            grpc.channel_ready_future(channel).result(timeout=30)
+            stalled = channel.stream_unary("/metadist.serving.v1.FewShot/AdaptAndClassify", request_serializer=None,
+                                           response_deserializer=None)
+            self.calls.append(stalled.future(self._never(), timeout=3600))
+        time.sleep(0.5)  # their headers reach the server
+
+    def _never(self):
+        self._release.wait()
+        return
+        yield b""
+
+    def close(self) -> None:
+        for call in self.calls:
+            call.cancel()
+        self._release.set()
+        for channel in self._channels:
+            channel.close()
+
+
 def run_level(address: str, clients: int, tasks: list, args: argparse.Namespace, server: ServerProcess) -> dict:
     """`clients` threads sending requests back to back: warm-up, then timed until --seconds or --requests."""
     from metadist.errors import ServingError
@@ -191,6 +225,7 @@ def run_level(address: str, clients: int, tasks: list, args: argparse.Namespace,
     ms = sorted(1e3 * x for x in timed)
     return {
         "clients": clients,
+        "stalled": 0,
         "requests": len(ms),
         "errors": errors,
         "wall_s": wall_s,
@@ -218,12 +253,12 @@ def fmt(value: float | None, digits: int = 1) -> str:
 
 
 def table(runs: list[dict]) -> str:
-    header = ["Model", "Clients", "Requests", "Requests/s", "p50 (ms)", "p99 (ms)", "Errors", "Server CPU (cores)"]
+    header = ["Model", "Clients", "Stalled calls", "Requests", "Requests/s", "p50 (ms)", "p99 (ms)", "Errors", "Server CPU (cores)"]
     rows = []
     for run in runs:
         for level in run["levels"]:
             errors = ", ".join(f"{code} {n}" for code, n in sorted(level["errors"].items())) or "0"
-            rows.append([run["label"], str(level["clients"]), f"{level['requests']:,}", fmt(level["requests_per_s"]),
+            rows.append([run["label"], str(level["clients"]), str(level.get("stalled", 0)), f"{level['requests']:,}", fmt(level["requests_per_s"]),
                          fmt(level["p50_ms"]), fmt(level["p99_ms"]), errors, f"{level['server_cpu_per_wall']:.2f}"])
     return markdown_table(header, rows)
 
@@ -232,8 +267,22 @@ def doc_section(report: dict) -> str:
     m, s = report["machine"], report["settings"]
     config = report["runs"][0]["server_config"]
     server = "default settings" + ("; " + ", ".join(f"`{o}`" for o in s["server_set"]) if s["server_set"] else "")
+    before = ""
+    if BEFORE_PATH.exists():
+        import json
+
+        old = json.loads(BEFORE_PATH.read_text())
+        om = old["machine"]
+        before = (
+            f"Before: the thread-pool server (gRPC's synchronous server, {om['grpcio']}), run on {om['date'][:10]} "
+            f"just before the figures above, same command and machine; 1-minute load average "
+            f"{om['load_average_before'][0]:.2f} before and {om['load_average_at_end'][0]:.2f} at its end "
+            f"(`{BEFORE_PATH.relative_to(REPO)}`). It had no stalled-calls level: there, {STALLED} stalled calls hold "
+            f"all {old['runs'][0]['server_config']['max_workers']} handler threads and every other call waits for its "
+            "deadline (tests/test_serving_faults.py).\n\n" + table(old["runs"])
+        )
     return render(
-        "serving", command=COMMAND, date=m["date"][:10], cores=m["cores"], cpu=m["cpu"], python=m["python"],
+        "serving", command=COMMAND, before=before, date=m["date"][:10], cores=m["cores"], cpu=m["cpu"], python=m["python"],
         torch=m["torch"], grpcio=m["grpcio"], load_before=m["load_average_before"][0],
         load_end=m["load_average_at_end"][0], server=server, max_concurrency=config["max_concurrency"],
         max_workers=config["max_workers"], server_threads=config["threads"] or "torch's default", ways=WAYS,
@@ -248,6 +297,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--algorithms", nargs="+", default=["maml", "protonet"], help="checkpoints to train and serve")
     parser.add_argument("--checkpoint", help="serve this checkpoint instead of training throwaway ones")
     parser.add_argument("--clients", type=int, nargs="+", default=list(CONCURRENCY), help="concurrency levels (default 1 4 16)")
+    parser.add_argument("--stalled", type=int, default=STALLED, help=f"stalled calls open during the last level (default {STALLED}; 0: no such level)")
+    parser.add_argument("--stalled-clients", type=int, default=max(CONCURRENCY), help=f"clients of that level (default {max(CONCURRENCY)})")
     parser.add_argument("--seconds", type=float, default=10.0, help="longest timed phase per level (default 10)")
     parser.add_argument("--requests", type=int, default=5000, help="most timed requests per level (default 5000)")
     parser.add_argument("--warmup-s", type=float, default=1.0, help="untimed requests first, per level (default 1)")
@@ -263,7 +314,7 @@ def main() -> None:
     from metadist.serving import ServeConfig
 
     started, load_before = time.perf_counter(), os.getloadavg()
-    tasks = omniglot_tasks(TASKS_PER_CLIENT * max(args.clients))
+    tasks = omniglot_tasks(TASKS_PER_CLIENT * max([*args.clients, args.stalled_clients]))
     runs = []
     with tempfile.TemporaryDirectory(prefix="metadist-bench-serving-") as tmp:
         models = [("checkpoint", args.checkpoint)] if args.checkpoint else [
@@ -275,10 +326,17 @@ def main() -> None:
             server = ServerProcess(checkpoint, args.server_set)
             try:
                 levels = []
-                for clients in args.clients:
-                    level = run_level(server.address, clients, tasks, args, server)
+                plan = [(clients, 0) for clients in args.clients] + ([(args.stalled_clients, args.stalled)] if args.stalled else [])
+                for clients, stalled in plan:
+                    held = StalledCalls(server.address, stalled) if stalled else None
+                    try:
+                        level = run_level(server.address, clients, tasks, args, server)
+                    finally:
+                        if held is not None:
+                            held.close()
+                    level["stalled"] = stalled
                     levels.append(level)
-                    print(f"  {label:<10} {clients:>3} clients: {level['requests_per_s']:7.1f} requests/s, p50 "
+                    print(f"  {label:<10} {clients:>3} clients, {stalled:>2} stalled: {level['requests_per_s']:7.1f} requests/s, p50 "
                           f"{fmt(level['p50_ms'])} ms, p99 {fmt(level['p99_ms'])} ms ({level['requests']} requests, "
                           f"errors {level['errors'] or 0}, server CPU {level['server_cpu_per_wall']:.2f})", file=sys.stderr, flush=True)
             finally:
@@ -288,6 +346,7 @@ def main() -> None:
         "command": COMMAND,
         "machine": machine(load_before),
         "settings": {"seconds": args.seconds, "requests": args.requests, "warmup_s": args.warmup_s, "server_set": args.server_set,
+                     "stalled": args.stalled, "stalled_clients": args.stalled_clients,
                      "ways": WAYS, "shots": SHOTS, "queries": QUERIES, "tasks_per_client": TASKS_PER_CLIENT},
         "runs": runs,
     }

@@ -6,6 +6,7 @@ Pixels are stored as uint8 [C, H, W]; samplers turn them into float32 in [0, 1] 
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -21,6 +22,14 @@ RESAMPLE = {
     "box": Image.Resampling.BOX,
 }
 MODES = {"L": 1, "RGB": 3}
+# Width × height of one image, read from its header before anything is decoded: a guard against decompression bombs
+# (a PNG of a few kilobytes that decodes to gigabytes) and against photos far larger than any model input. 25
+# megapixels takes a 24-megapixel camera's photo (100 MB decoded as RGB) and is below Pillow's own 89-megapixel
+# warning. `metadist predict`, the importers and `metadist serve` (ServeConfig.max_image_pixels) share it.
+MAX_IMAGE_PIXELS = 25_000_000
+# Pillow warns of images beyond 89 megapixels as it opens them; those are refused here (or let through because a
+# server's max_image_pixels asked for them): its warning would only add a second, misleading line to the error.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 @dataclass(frozen=True)
@@ -68,11 +77,30 @@ class ImagePreprocessing:
             array = np.ascontiguousarray(array.transpose(2, 0, 1))
         return array
 
-    def decode(self, data: bytes, source: str) -> np.ndarray:
-        """Encoded image bytes → uint8 [C, H, W]; `source` names the file in errors."""
-        try:
-            with Image.open(io.BytesIO(data)) as image:
+    def decode(self, data: bytes, source: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+        """Encoded image bytes → uint8 [C, H, W]; `source` names the file in errors. An image of more than
+        `max_pixels` (by its header) is refused before it is decoded."""
+        with open_image(data, source, max_pixels) as image:
+            try:
                 image.load()
                 return self.apply(image)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            raise DataImportError(f"{source}: not a readable image ({exc})") from exc
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+                raise DataImportError(f"{source}: not a readable image ({exc})") from exc
+
+
+def open_image(data: bytes, source: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """The image's header, opened lazily (nothing decoded yet); DataImportError naming `source` when it is not an
+    image or has more than `max_pixels` pixels (max_image_pixels)."""
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:  # Pillow's own guard, at twice its 89 megapixels: not an OSError
+        raise DataImportError(f"{source}: too many pixels ({exc}); at most {max_pixels:,} are decoded per image (max_image_pixels)") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataImportError(f"{source}: not a readable image ({exc})") from exc
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise DataImportError(
+            f"{source}: {width}×{height} pixels; at most {max_pixels:,} are decoded per image (max_image_pixels)"
+        )
+    return image

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import posixpath
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -97,6 +98,7 @@ class ShardSetWriter:
         self._batches = 0
         self._written_paths: list[str] = []
         self._staging: str | None = None
+        self._created: list[str] = []
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def __enter__(self) -> "ShardSetWriter":
@@ -110,6 +112,12 @@ class ShardSetWriter:
             # Nothing is removed yet: the new shards go to a staging folder and replace the old set only
             # once every one of them is written (see _commit), so a failed import loses nothing.
             self._staging = join(self.root, f".staging-{uuid.uuid4().hex}")
+        # The folders this import creates (the destination and any missing parents): a failed import removes them.
+        self._created.clear()
+        folder = self.root
+        while folder and folder != posixpath.dirname(folder) and not self.fs.exists(folder):
+            self._created.append(folder)
+            folder = posixpath.dirname(folder)
         self.fs.makedirs(self._staging or self.root, exist_ok=True)
         return self
 
@@ -146,6 +154,9 @@ class ShardSetWriter:
                 self.fs.rm(path)
         if self._staging is not None and self.fs.exists(self._staging):
             self.fs.rm(self._staging, recursive=True)
+        for folder in self._created:  # innermost first; only if empty (an object store has no empty folders)
+            if self.fs.isdir(folder) and not self.fs.ls(folder, detail=False):
+                self.fs.rmdir(folder)
         log.info("import into %s failed; removed %d partial shard(s)", self.uri, len(self._written_paths))
 
     # -- writing ---------------------------------------------------------------------------------------------

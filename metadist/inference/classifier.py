@@ -25,7 +25,7 @@ import torch
 from metadist.algorithms.functional import Params
 from metadist.core import build
 from metadist.core import checkpoint as ckpt_io
-from metadist.data.images import ImagePreprocessing
+from metadist.data.images import MAX_IMAGE_PIXELS, ImagePreprocessing
 from metadist.errors import DataImportError, PredictionError
 
 ImageInput = bytes | np.ndarray
@@ -48,7 +48,7 @@ class AdaptedTask:
 
 class FewShotClassifier:
     def __init__(self, checkpoint: ckpt_io.Checkpoint, *, device: str | torch.device = "cpu", inner_steps: int | None = None,
-                 where: str = "checkpoint") -> None:
+                 where: str = "checkpoint", max_image_pixels: int = MAX_IMAGE_PIXELS) -> None:
         spec = checkpoint.model_spec
         if spec.kind != "classification" or spec.preprocessing is None:
             raise PredictionError(f"{where}: holds a {spec.kind} model; few-shot image classification needs a classifier checkpoint")
@@ -57,6 +57,7 @@ class FewShotClassifier:
         self.where = where
         self.device = torch.device(device)
         self.preprocessing = ImagePreprocessing.from_dict(spec.preprocessing)
+        self.max_image_pixels = max_image_pixels  # larger images are refused from their header, never decoded
         self.model, self.learner = build(self.job, spec)
         self.model.to(self.device)
         expected = set(self.learner.init_meta_params())
@@ -77,7 +78,7 @@ class FewShotClassifier:
         """Encoded bytes (decoded and resized) or a uint8 array of the model's input shape → uint8 [C, H, W]."""
         if isinstance(image, (bytes, bytearray, memoryview)):
             try:
-                return self.preprocessing.decode(bytes(image), source)
+                return self.preprocessing.decode(bytes(image), source, self.max_image_pixels)
             except DataImportError as exc:
                 raise PredictionError(str(exc)) from exc
         array = np.asarray(image)

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 
 from metadist.config.job import StrictModel
+from metadist.data.images import MAX_IMAGE_PIXELS
 from metadist.errors import ConfigError
 
 MIB = 1024 * 1024
@@ -39,13 +40,40 @@ class ServeConfig(StrictModel):
     )
     grace_s: float = Field(5.0, ge=0, description="on shutdown, how long calls in progress may finish")
 
+    # -- connections: what one client may hold open ------------------------------------------------------------------
+    # A call that has not sent its request costs the server a coroutine, not a thread (the server is asyncio); these
+    # bound how many such calls one connection holds and how long any connection lives.
+    max_streams_per_connection: int = Field(
+        100, ge=1, description="calls open at once on one connection (HTTP/2 max_concurrent_streams); 100 is the "
+        "HTTP/2 specification's recommended minimum"
+    )
+    connection_idle_s: float = Field(300, gt=0, description="a connection with no call open this long is closed")
+    connection_age_s: float = Field(
+        1800, gt=0, description="every connection is asked to close after this long (clients reconnect by themselves); "
+        "with connection_age_grace_s, the longest a call that never sends its request stays open"
+    )
+    connection_age_grace_s: float = Field(60, ge=0, description="calls in progress on a connection past its age may finish for this long")
+    keepalive_s: float = Field(
+        60, gt=0, description="the server pings a connection quiet this long, and closes it when the ping goes unanswered "
+        "for keepalive_timeout_s: peers that vanished stop holding calls"
+    )
+    keepalive_timeout_s: float = Field(20, gt=0, description="how long a keepalive ping may go unanswered")
+    min_client_ping_interval_s: float = Field(
+        30, gt=0, description="clients pinging more often than this (without calls in progress) are told to go away: "
+        "pings cannot be used to keep the server busy"
+    )
+    refusal_log_interval_s: float = Field(
+        10, gt=0, description="refused calls (bad token, server busy) log one WARNING line per interval, with the count "
+        "of those not logged: a flood cannot fill the log"
+    )
+
     # -- limits of one request ---------------------------------------------------------------------------------------
     max_support: int = Field(500, ge=2, description="support examples per task: a 20-way 20-shot task is 400")
     max_queries: int = Field(500, ge=1, description="query images per call (they are batch-normalised together)")
     max_image_mb: float = Field(8, gt=0, description="encoded size of one image; a 12-megapixel JPEG is 3 to 5 MB")
     max_image_pixels: int = Field(
-        25_000_000, ge=1, description="width × height of one image, read from its header before decoding: a guard "
-        "against decompression bombs (a tiny PNG that decodes to gigabytes), below Pillow's own 89-megapixel warning"
+        MAX_IMAGE_PIXELS, ge=1, description="width × height of one image, read from its header before decoding: a guard "
+        "against decompression bombs (a tiny PNG that decodes to gigabytes); `metadist predict` applies the same default"
     )
 
     # -- concurrency and deadlines -----------------------------------------------------------------------------------
@@ -53,9 +81,13 @@ class ServeConfig(StrictModel):
         2, ge=1, description="adaptations/classifications computed at once; they are CPU-bound and share one model, "
         "so more than the cores only adds contention"
     )
-    max_workers: int = Field(16, ge=1, description="gRPC handler threads; calls beyond max_concurrency wait in them")
+    max_workers: int = Field(
+        16, ge=1, description="threads that decode and compute received requests; calls beyond max_concurrency wait in "
+        "them for a slot. Calls still receiving their request, and health checks, hold none"
+    )
     max_concurrent_rpcs: int = Field(
-        64, ge=1, description="calls in progress or queued; more are refused at once with RESOURCE_EXHAUSTED (load shedding)"
+        64, ge=1, description="calls whose request has arrived and which are in progress or queued; more are refused at "
+        "once with RESOURCE_EXHAUSTED (load shedding). Health checks do not count"
     )
     queue_timeout_s: float = Field(
         30.0, gt=0, description="longest wait for a compute slot: then RESOURCE_EXHAUSTED (server busy). A call with a "

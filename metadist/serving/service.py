@@ -7,7 +7,6 @@ turns protobuf messages into its inputs and its answers and errors back into mes
 from __future__ import annotations
 
 import functools
-import io
 import logging
 import queue
 import threading
@@ -17,9 +16,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import grpc
-from PIL import Image, UnidentifiedImageError
 
-from metadist.errors import MetadistError, PredictionError
+from metadist.data.images import open_image
+from metadist.errors import DataImportError, MetadistError, PredictionError
 from metadist.inference import AdaptedTask, FewShotClassifier, Prediction
 from metadist.inference.classifier import named
 from metadist.serving import fewshot_pb2 as pb
@@ -202,16 +201,9 @@ class FewShotService(fewshot_pb2_grpc.FewShotServicer):
 
     def _check_pixels(self, data: bytes, source: str) -> None:
         try:
-            with Image.open(io.BytesIO(data)) as header:  # reads the header only
-                width, height = header.size
-        except Image.DecompressionBombError as exc:
-            raise PredictionError(f"{source}: too many pixels ({exc})") from exc
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            raise PredictionError(f"{source}: not a readable image ({exc})") from exc
-        if width * height > self.config.max_image_pixels:
-            raise PredictionError(
-                f"{source}: {width}×{height} pixels; this server takes at most {self.config.max_image_pixels:,} per image (max_image_pixels)"
-            )
+            open_image(data, source, self.config.max_image_pixels).close()  # the header only: `predict`'s rule
+        except DataImportError as exc:
+            raise PredictionError(str(exc)) from None
 
     def _task(self, handle: str) -> AdaptedTask:
         if not handle:
