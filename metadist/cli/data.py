@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,20 @@ def add_commands(commands) -> None:
     folder.add_argument("--store", choices=["tensor", "image"], default="tensor", help="pixels now, or encoded files decoded at load")
     folder.add_argument("--name", help="data set name for the manifest (default: the folder's name)")
     folder.set_defaults(handler=_import_folder)
+
+    for kind, (help_text, input_help) in BENCHMARKS.items():
+        bench = kinds.add_parser(kind, help=help_text)
+        bench.add_argument("input", nargs="?", help=input_help + " (any fsspec URI)")
+        bench.add_argument("--inputs", dest="input_option", metavar="INPUT", help="the same as the positional INPUT")
+        _add_output_args(bench, out_help="folder URI: one shard set per split goes to OUT/train, OUT/val, OUT/test")
+        bench.add_argument("--size", "--image-size", dest="size", type=int, default=84, help="side of the stored RGB squares (default 84)")
+        bench.add_argument("--resample", default="bilinear", help="resize filter: nearest, bilinear (default), bicubic, lanczos, box")
+        if kind == "mini-imagenet":
+            bench.add_argument("--images", choices=["ravi", "all"], default="ravi",
+                               help="Ravi & Larochelle's 600 images per class (default), or every image given")
+        if kind == "cub":
+            bench.add_argument("--bounding-boxes", action="store_true", help="crop each image to its bird's box (bounding_boxes.txt)")
+        bench.set_defaults(handler=_import_benchmark)
 
     fetch = sub.add_parser("fetch", help="download a public data set and import it")
     fetch.add_argument("dataset", choices=["omniglot"])
@@ -71,8 +86,20 @@ def add_commands(commands) -> None:
     sample.set_defaults(handler=_sample)
 
 
-def _add_output_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="shard set URI to create (local, file://, memory://, s3:// ...)")
+# `metadist data import KIND`: the benchmarks with canonical class splits (metadist.data.importers).
+BENCHMARKS = {
+    "mini-imagenet": ("mini-ImageNet (Ravi & Larochelle split) from ILSVRC2012 train images",
+                      "ImageNet train folder (<wnid>/<wnid>_<n>.JPEG) or Ravi & Larochelle's images/ folder"),
+    "tiered-imagenet": ("tiered-ImageNet (Ren et al. split) from ILSVRC2012 train images",
+                        "ImageNet train folder (<wnid>/<wnid>_<n>.JPEG)"),
+    "cifar-fs": ("CIFAR-FS (Bertinetto et al. split) from CIFAR-100's binary version", "cifar-100-binary.tar.gz or its folder"),
+    "fc100": ("FC100 (Oreshkin et al. split) from CIFAR-100's binary version", "cifar-100-binary.tar.gz or its folder"),
+    "cub": ("CUB-200-2011 (Chen et al. 100/50/50 split) from its tarball", "CUB_200_2011.tgz or its folder"),
+}
+
+
+def _add_output_args(parser: argparse.ArgumentParser, out_help: str = "shard set URI to create (local, file://, memory://, s3:// ...)") -> None:
+    parser.add_argument("--out", required=True, help=out_help)
     parser.add_argument("--format", choices=["arrow", "parquet"], default="arrow", help="shard file format (default arrow IPC)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing shard set at --out")
 
@@ -100,6 +127,34 @@ def _import_folder(args) -> None:
         file_format=args.format, overwrite=args.overwrite,
     )
     _print_summary(args.out, manifest)
+
+
+def _import_benchmark(args) -> None:
+    from metadist.data.importers import import_cifar_fs, import_cub, import_fc100, import_mini_imagenet, import_tiered_imagenet
+    from metadist.data.importers.common import benchmark_preprocessing, split_uri
+    from metadist.errors import ConfigError
+
+    if (args.input is None) == (args.input_option is None):
+        raise ConfigError(f"data import {args.kind}: give the input once, as INPUT or --inputs INPUT")
+    if args.size < 1:
+        raise ConfigError(f"data import {args.kind}: --size must be positive, got {args.size}")
+    try:
+        preprocessing = benchmark_preprocessing(args.size, args.resample)
+    except ValueError as exc:
+        raise ConfigError(f"data import {args.kind}: {exc}") from None
+    importers: dict[str, Callable[..., dict]] = {
+        "mini-imagenet": lambda **kw: import_mini_imagenet(images=args.images, **kw),
+        "tiered-imagenet": import_tiered_imagenet,
+        "cifar-fs": import_cifar_fs,
+        "fc100": import_fc100,
+        "cub": lambda **kw: import_cub(bounding_boxes=args.bounding_boxes, **kw),
+    }
+    manifests = importers[args.kind](
+        root=args.input or args.input_option, out=args.out, preprocessing=preprocessing, file_format=args.format,
+        overwrite=args.overwrite,
+    )
+    for split, manifest in manifests.items():
+        _print_summary(split_uri(args.out, split), manifest)
 
 
 def _fetch(args) -> None:

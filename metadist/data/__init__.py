@@ -8,7 +8,16 @@
 from metadist.data.bundled import SMALL2_NEW_ALPHABETS, ensure_bundled, resolve_uri
 from metadist.data.episodes import ClassificationBatch, RegressionBatch
 from metadist.data.images import ImagePreprocessing
-from metadist.data.importers import MAML_PREPROCESSING, import_image_folder, import_omniglot
+from metadist.data.importers import (
+    MAML_PREPROCESSING,
+    import_cifar_fs,
+    import_cub,
+    import_fc100,
+    import_image_folder,
+    import_mini_imagenet,
+    import_omniglot,
+    import_tiered_imagenet,
+)
 from metadist.data.manifest import ClassInfo, Manifest, ShardInfo
 from metadist.data.prefetch import Lookahead, Prefetcher
 from metadist.data.regression import FAMILIES, LinearTasks, RegressionSampler, SinusoidTasks
@@ -35,7 +44,12 @@ __all__ = [
     "ShardSetWriter",
     "SinusoidTasks",
     "ensure_bundled",
+    "import_cifar_fs",
+    "import_cub",
+    "import_fc100",
     "import_image_folder",
+    "import_mini_imagenet",
     "import_omniglot",
+    "import_tiered_imagenet",
     "resolve_uri",
 ]

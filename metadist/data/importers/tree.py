@@ -1,11 +1,13 @@
-"""An import input as a tree of files: a folder or a zip archive, on any fsspec URI."""
+"""An import input as a tree of files: a folder, a zip archive or a tar archive, on any fsspec URI."""
 
 from __future__ import annotations
 
 import posixpath
+import tarfile
 import threading
 import zipfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from metadist.data.uri import file_info, filesystem
@@ -55,6 +57,12 @@ class InputTree:
             if not _hidden(rel):
                 yield InputFile(rel, f"{self.uri.rstrip('/')}/{rel}")
 
+    def members(self, wanted: Callable[[str], bool]) -> Iterator[tuple[InputFile, bytes]]:
+        """The files whose path `wanted` accepts, with their bytes, in sorted order (as TarTree.members)."""
+        for file in self.files():
+            if wanted(file.path):
+                yield file, self.read(file)
+
     def read(self, file: InputFile) -> bytes:
         try:
             if self._zip is not None:
@@ -79,6 +87,55 @@ class InputTree:
             for handle in self._handles:
                 handle.close()
             self._handles.clear()
+
+
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+
+
+class TarTree:
+    """A tar archive, plain or compressed, read in streaming passes.
+
+    A compressed stream cannot seek back, so random access would decompress it again for every member read out of
+    order: each call to `members` reads the archive once from the start instead, and yields members in archive order.
+    """
+
+    def __init__(self, uri: str, storage_options: dict | None = None) -> None:
+        self.uri = uri
+        self.fs, self.root = filesystem(uri, storage_options)
+        if file_info(self.fs, self.root, uri) is None:
+            raise DataImportError(f"{uri}: does not exist")
+
+    @property
+    def name(self) -> str:
+        base = posixpath.basename(self.root.rstrip("/"))
+        for suffix in TAR_SUFFIXES:
+            if base.lower().endswith(suffix):
+                return base[: -len(suffix)]
+        return base
+
+    def members(self, wanted: Callable[[str], bool]) -> Iterator[tuple[InputFile, bytes]]:
+        """The regular files whose path `wanted` accepts, with their bytes, in archive order (one pass)."""
+        try:
+            with self.fs.open(self.root, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as archive:
+                for info in archive:
+                    path = posixpath.normpath(info.name).lstrip("/")
+                    if not info.isfile() or path.startswith("..") or _hidden(path) or not wanted(path):
+                        continue
+                    member = archive.extractfile(info)
+                    assert member is not None  # a regular file always has contents
+                    yield InputFile(path, f"{self.uri}!{path}"), member.read()
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+            raise DataImportError(f"{self.uri}: not a readable tar archive ({exc})") from exc
+
+    def close(self) -> None:
+        pass
+
+
+def open_tree(uri: str, storage_options: dict | None = None) -> InputTree | TarTree:
+    """A tar archive (by its name) as a TarTree; a folder or a zip archive as an InputTree."""
+    if uri.rstrip("/").lower().endswith(TAR_SUFFIXES):
+        return TarTree(uri, storage_options)
+    return InputTree(uri, storage_options)
 
 
 def _hidden(path: str) -> bool:
