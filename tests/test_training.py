@@ -159,7 +159,7 @@ def test_overrides_and_job_files_name_the_bad_field(tmp_path):
     with pytest.raises(ConfigError, match=r"job\.yaml: algorithm.*mamll"):
         load_job(str(bad))
     bad.write_text("model: {name: mlp}\n")
-    with pytest.raises(ConfigError, match="model.name must be 'conv4'"):
+    with pytest.raises(ConfigError, match="model.name 'mlp' is for regression"):
         load_job(str(bad))
     with pytest.raises(ConfigError, match="no such job file"):
         load_job(str(tmp_path / "missing.yaml"))

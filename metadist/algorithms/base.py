@@ -7,16 +7,29 @@ parameters and no optimizer: those live in one place (the local trainer's loop o
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Self
 
 import torch
-from torch.func import grad_and_value, vmap
+from torch.func import grad_and_value
 
-from metadist.algorithms.functional import Forward, Params, accuracy, make_forward, task_loss
+from metadist.algorithms.functional import Forward, Params, accuracy, make_forward, over_tasks, task_loss
 
 if TYPE_CHECKING:
     from metadist.config import AlgorithmConfig
+
+
+@contextmanager
+def evaluation_mode(model: torch.nn.Module) -> Iterator[None]:
+    """`model` in eval mode for the block (training-only layers such as DropBlock off), then back as it was."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 @dataclass
@@ -114,15 +127,15 @@ class MetaLearner(ABC):
     # -- evaluation ------------------------------------------------------------------------------------------
     def evaluate(self, meta_params: Params, batch, steps: int | None = None) -> dict[str, torch.Tensor]:
         """Per-task query loss (and accuracy) after adaptation, and before it for weight-adapting learners: [T]."""
-        # torch.func.grad ignores an outer no_grad, so inner loops still adapt; nothing else builds a graph.
-        with torch.no_grad():
+        # torch.func.grad ignores an outer no_grad, so inner loops still adapt; nothing else builds a graph. Eval mode
+        # switches training-only regularisers (DropBlock) off; batch norm is transductive either way.
+        with torch.no_grad(), evaluation_mode(self.model):
             adapted = self.adapt(meta_params, batch.support_x, batch.support_y, steps)
             out = self.predict(meta_params, adapted, batch.query_x)
-        metrics = self.per_task_metrics(out, batch.query_y, "after")
-        if self.adapts_weights:
-            with torch.no_grad():
-                before = vmap(self.forward, in_dims=(None, 0))(self.model_params(meta_params), batch.query_x)
-            metrics.update(self.per_task_metrics(before, batch.query_y, "before"))
+            metrics = self.per_task_metrics(out, batch.query_y, "after")
+            if self.adapts_weights:
+                before = over_tasks(self.forward, in_dims=(None, 0))(self.model_params(meta_params), batch.query_x)
+                metrics.update(self.per_task_metrics(before, batch.query_y, "before"))
         return metrics
 
     def before_adaptation_sums(self, meta_params: Params, batch) -> dict[str, float]:
@@ -132,16 +145,16 @@ class MetaLearner(ABC):
         if not self.adapts_weights:
             return {}
         with torch.no_grad():
-            out = vmap(self.forward, in_dims=(None, 0))(self.model_params(meta_params), batch.query_x)
+            out = over_tasks(self.forward, in_dims=(None, 0))(self.model_params(meta_params), batch.query_x)
             metrics = self.per_task_metrics(out, batch.query_y, "before")
         return {k: float(v.sum()) for k, v in metrics.items()}
 
     def per_task_metrics(self, out: torch.Tensor, y: torch.Tensor, when: str) -> dict[str, torch.Tensor]:
         """Query loss (and accuracy, for classification) of each task's outputs [T, Q, ...]: 'loss_<when>' [T] ..."""
-        losses = vmap(self.loss)(out, y)
+        losses = over_tasks(self.loss)(out, y)
         metrics = {f"loss_{when}": losses}
         if self.kind == "classification":
-            metrics[f"accuracy_{when}"] = vmap(accuracy)(out, y)
+            metrics[f"accuracy_{when}"] = over_tasks(accuracy)(out, y)
         return metrics
 
 
@@ -164,7 +177,7 @@ class MetricLearner(MetaLearner):
     def compute_update(self, meta_params: Params, batch) -> Update:
         ways = self.ways(batch.support_y)
         step = grad_and_value(lambda p, sx, sy, qx, qy: self._task_loss(p, sx, sy, qx, qy, ways), has_aux=True)
-        grads, (losses, acc) = vmap(step, in_dims=(None, 0, 0, 0, 0))(
+        grads, (losses, acc) = over_tasks(step, in_dims=(None, 0, 0, 0, 0))(
             meta_params, batch.support_x, batch.support_y, batch.query_x, batch.query_y
         )
         metrics = {"loss_after": float(losses.sum()), "accuracy_after": float(acc.sum())}

@@ -19,6 +19,12 @@ Forward = Callable[[Params, torch.Tensor], torch.Tensor]
 TaskForward = Callable[[Params, torch.Tensor], torch.Tensor]
 
 
+def over_tasks(function: Callable, in_dims: int | tuple = 0) -> Callable:
+    """`function` mapped over the task axis with vmap. Random ops inside (DropBlock) draw independently per task,
+    as they would in a loop over the tasks; without any, this is plain vmap."""
+    return vmap(function, in_dims=in_dims, randomness="different")
+
+
 def make_forward(model: torch.nn.Module) -> Forward:
     """params, x → model(x) computed with `params`, without touching the module's own parameters."""
     return lambda params, x: functional_call(model, params, (x,))
@@ -105,7 +111,7 @@ def sgd_adapt_tasks(
     def gradient(fixed: Params, fast: Params) -> Params:
         # A detached copy where the gradient is taken without a graph (or where there is none to keep).
         at = {n: p if p.requires_grad and not first_order else p.detach().requires_grad_() for n, p in fast.items()}
-        losses = vmap(loss)(forward_tasks({**fixed, **at}, x), y)
+        losses = over_tasks(loss)(forward_tasks({**fixed, **at}, x), y)
         grads = torch.autograd.grad(losses.sum(), list(at.values()), create_graph=not first_order)
         return dict(zip(at, grads))
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 from typing import Self
 
 import torch
-from torch.func import grad_and_value, vmap
+from torch.func import grad_and_value
 
 from metadist.algorithms.base import MetaLearner, Update
-from metadist.algorithms.functional import Params, TaskForward, accuracy, sgd_adapt, sgd_adapt_tasks
+from metadist.algorithms.functional import Params, TaskForward, accuracy, over_tasks, sgd_adapt, sgd_adapt_tasks
 
 # On CPU, 8 tasks at a time is 10-20% faster than 32 (conv-4, Omniglot 5- and 20-way, 2 cores: the activations of
 # 8 tasks stay in cache) and holds a quarter of the memory; on a GPU, more tasks per pass means more parallelism.
@@ -88,9 +88,9 @@ class MAML(MetaLearner):
             return self._compute_update_all_tasks(forward_tasks, meta_params, batch)
         args = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
         if self.first_order:
-            grads, (losses, aux) = vmap(self._first_order_task, in_dims=(None, 0, 0, 0, 0))(meta_params, *args)
+            grads, (losses, aux) = over_tasks(self._first_order_task, in_dims=(None, 0, 0, 0, 0))(meta_params, *args)
         else:
-            grads, (losses, aux) = vmap(grad_and_value(self._query_loss, has_aux=True), in_dims=(None, 0, 0, 0, 0))(meta_params, *args)
+            grads, (losses, aux) = over_tasks(grad_and_value(self._query_loss, has_aux=True), in_dims=(None, 0, 0, 0, 0))(meta_params, *args)
         metrics = {"loss_after": float(losses.sum()), **{k: float(v.sum()) for k, v in aux.items()}}
         return Update("gradient", {k: g.sum(0) for k, g in grads.items()}, len(losses), metrics)
 
@@ -127,22 +127,22 @@ class MAML(MetaLearner):
                     steps=self.inner_steps, lr=self.inner_lrs(wrt), adapt_names=self.adapt_names(),
                 )
                 out = forward_tasks(adapted, batch.query_x)
-            losses = vmap(self.loss)(out, batch.query_y)  # [T]
+            losses = over_tasks(self.loss)(out, batch.query_y)  # [T]
             grads = torch.autograd.grad(losses.sum(), list(wrt.values()), allow_unused=True)
         # First order: per-task gradients at each θ'_t, summed here; second order: already summed over tasks by
         # the per-task copies' backward. Parameters with no gradient (Meta-SGD's rates in first order) get zeros.
         summed = {k: (g.sum(0) if self.first_order else g) for k, g in zip(wrt, grads) if g is not None}
         tensors = {k: summed[k] if k in summed else torch.zeros_like(v) for k, v in meta_params.items()}
-        aux = vmap(self._aux)(out.detach(), batch.query_y)
+        aux = over_tasks(self._aux)(out.detach(), batch.query_y)
         metrics = {"loss_after": float(losses.detach().sum()), **{k: float(v.sum()) for k, v in aux.items()}}
         return Update("gradient", tensors, len(losses), metrics)
 
     def adapt(self, meta_params: Params, support_x, support_y, steps: int | None = None) -> Params:
         steps = self.eval_inner_steps if steps is None else steps
-        return vmap(lambda x, y: self._adapt_one(meta_params, x, y, steps, first_order=True))(support_x, support_y)
+        return over_tasks(lambda x, y: self._adapt_one(meta_params, x, y, steps, first_order=True))(support_x, support_y)
 
     def predict(self, meta_params: Params, adapted: Params, query_x) -> torch.Tensor:
-        return vmap(self.forward)(adapted, query_x)
+        return over_tasks(self.forward)(adapted, query_x)
 
 
 class FirstOrderMAML(MAML):

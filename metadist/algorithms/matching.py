@@ -33,10 +33,9 @@ from typing import Self
 
 import torch
 import torch.nn.functional as F
-from torch.func import vmap
 
 from metadist.algorithms.base import MetricLearner
-from metadist.algorithms.functional import Params, accuracy
+from metadist.algorithms.functional import Params, accuracy, over_tasks
 
 # K, the attention LSTM's read steps over the support set (the paper leaves it open; a handful of reads is the
 # usual choice in reimplementations, and each costs one [Q, S] attention — nothing next to the conv net).
@@ -163,10 +162,10 @@ class MatchingNetworks(MetricLearner):
 
     def adapt(self, meta_params: Params, support_x, support_y, steps: int | None = None) -> Params:
         ways = self.ways(support_y)
-        support_z, support_onehot = vmap(lambda x, y: self._support(meta_params, x, y, ways))(support_x, support_y)
+        support_z, support_onehot = over_tasks(lambda x, y: self._support(meta_params, x, y, ways))(support_x, support_y)
         return {"support_z": support_z, "support_onehot": support_onehot}
 
     def predict(self, meta_params: Params, adapted: Params, query_x) -> torch.Tensor:
-        return vmap(lambda z, y, x: self._log_probs(meta_params, z, y, x))(
+        return over_tasks(lambda z, y, x: self._log_probs(meta_params, z, y, x))(
             adapted["support_z"], adapted["support_onehot"], query_x
         )

@@ -8,10 +8,9 @@ change, so there is no inner loop and no before-adaptation score.
 from __future__ import annotations
 
 import torch
-from torch.func import vmap
 
 from metadist.algorithms.base import MetricLearner
-from metadist.algorithms.functional import Params, accuracy
+from metadist.algorithms.functional import Params, accuracy, over_tasks
 
 
 def prototypes(support_z: torch.Tensor, support_y: torch.Tensor, ways: int) -> torch.Tensor:
@@ -36,7 +35,7 @@ class ProtoNet(MetricLearner):
 
     def adapt(self, meta_params: Params, support_x, support_y, steps: int | None = None) -> Params:
         ways = self.ways(support_y)
-        return {"prototypes": vmap(lambda x, y: prototypes(self.forward(meta_params, x), y, ways))(support_x, support_y)}
+        return {"prototypes": over_tasks(lambda x, y: prototypes(self.forward(meta_params, x), y, ways))(support_x, support_y)}
 
     def predict(self, meta_params: Params, adapted: Params, query_x) -> torch.Tensor:
-        return vmap(lambda protos, x: squared_distance_logits(self.forward(meta_params, x), protos))(adapted["prototypes"], query_x)
+        return over_tasks(lambda protos, x: squared_distance_logits(self.forward(meta_params, x), protos))(adapted["prototypes"], query_x)

@@ -7,10 +7,9 @@ Per task: θ' = k SGD steps on the support set from θ; the update is the delta 
 from __future__ import annotations
 
 import torch
-from torch.func import vmap
 
 from metadist.algorithms.base import Update
-from metadist.algorithms.functional import Params
+from metadist.algorithms.functional import Params, over_tasks
 from metadist.algorithms.maml import MAML
 
 
@@ -20,14 +19,14 @@ class Reptile(MAML):
 
     def compute_update(self, meta_params: Params, batch) -> Update:
         params = self.model_params(meta_params)
-        adapted = vmap(lambda x, y: self._adapt_one(params, x, y, self.inner_steps, first_order=True))(
+        adapted = over_tasks(lambda x, y: self._adapt_one(params, x, y, self.inner_steps, first_order=True))(
             batch.support_x, batch.support_y
         )
         delta = {k: (adapted[k] - params[k]).sum(0) for k in params}
         with torch.no_grad():
-            out = vmap(self.forward)(adapted, batch.query_x)
-            losses = vmap(self.loss)(out, batch.query_y)
+            out = over_tasks(self.forward)(adapted, batch.query_x)
+            losses = over_tasks(self.loss)(out, batch.query_y)
             metrics = {"loss_after": float(losses.sum())}
             if self.kind == "classification":
-                metrics["accuracy_after"] = float(vmap(self._aux)(out, batch.query_y)["accuracy_after"].sum())
+                metrics["accuracy_after"] = float(over_tasks(self._aux)(out, batch.query_y)["accuracy_after"].sum())
         return Update("delta", delta, len(losses), metrics)

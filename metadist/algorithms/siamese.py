@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.func import vmap
 
 from metadist.algorithms.base import MetricLearner
-from metadist.algorithms.functional import Params, accuracy
+from metadist.algorithms.functional import Params, accuracy, over_tasks
 from metadist.algorithms.matching import one_hot
 
 # The paper's initialisation of its fully connected layers: weights N(0, 0.2²), biases N(0.5, 0.01²).
@@ -79,21 +78,21 @@ class SiameseNetwork(MetricLearner):
 
     def adapt(self, meta_params: Params, support_x, support_y, steps: int | None = None) -> Params:
         ways = self.ways(support_y)
-        support_z = vmap(lambda x: self._embed(meta_params, x))(support_x)
+        support_z = over_tasks(lambda x: self._embed(meta_params, x))(support_x)
         return {"support_z": support_z, "support_onehot": one_hot(support_y, ways, support_z.dtype)}
 
     def predict(self, meta_params: Params, adapted: Params, query_x) -> torch.Tensor:
         def one_task(support_z, support_onehot, x):
             return class_logits(self._pair_logits(meta_params, self._embed(meta_params, x), support_z), support_onehot)
 
-        return vmap(one_task)(adapted["support_z"], adapted["support_onehot"], query_x)
+        return over_tasks(one_task)(adapted["support_z"], adapted["support_onehot"], query_x)
 
     def evaluate(self, meta_params: Params, batch, steps: int | None = None) -> dict[str, torch.Tensor]:
         """Per-task [T] loss and accuracy; the loss is the balanced pair loss that training minimises (the base class
         would report cross-entropy over the class logits, a different quantity from compute_update's loss_after)."""
         ways = self.ways(batch.support_y)
         with torch.no_grad():
-            losses, acc = vmap(lambda sx, sy, qx, qy: self._task_loss(meta_params, sx, sy, qx, qy, ways))(
+            losses, acc = over_tasks(lambda sx, sy, qx, qy: self._task_loss(meta_params, sx, sy, qx, qy, ways))(
                 batch.support_x, batch.support_y, batch.query_x, batch.query_y
             )
         return {"loss_after": losses, "accuracy_after": acc}

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 # Choice fields are Literals: pydantic names the field and lists the allowed values when a job file gets one wrong.
 RegressionFamily = Literal["sinusoid", "linear"]
-ModelName = Literal["conv4", "mlp"]
+ModelName = Literal["conv4", "resnet12", "wrn", "mlp"]
 Downsample = Literal["stride", "maxpool"]
 BatchNormMode = Literal["transductive", "none"]
 Pooling = Literal["flatten", "mean"]
@@ -121,11 +121,21 @@ class RegressionConfig(StrictModel):
 
 
 class ModelConfig(StrictModel):
-    """The network: conv-4 for images, the 2×40 MLP for regression."""
+    """The network: conv-4, ResNet-12 or a wide ResNet for images (metadist.models), the 2×40 MLP for regression."""
 
-    name: ModelName = Field("conv4", description="'conv4' (images) or 'mlp' (regression)")
+    name: ModelName = Field(
+        "conv4", description="'conv4', 'resnet12' (64-160-320-640), 'wrn' (WRN-depth-widen; 28-10 by default) for "
+        "images; 'mlp' for regression"
+    )
     hidden: int | None = Field(
-        None, ge=1, description="conv-4 filters / MLP width; None = the literature's (64 at 28×28, 32 at 84×84, 40 for the MLP)"
+        None, ge=1, description="conv-4 filters / MLP width / ResNet-12's first block (the others scale with it: 64 → "
+        "64-160-320-640); None = the literature's (64 at 28×28, 32 at 84×84, 40 for the MLP, 64 for ResNet-12)"
+    )
+    depth: int = Field(28, ge=10, description="wrn: layers (6n + 4: 16, 22, 28, 40 ...)")
+    widen: int = Field(10, ge=1, description="wrn: width multiplier (filters 16·widen, 32·widen, 64·widen)")
+    drop_rate: float = Field(
+        0.0, ge=0, lt=1, description="resnet12: DropBlock rate in the last two blocks while training (MetaOptNet: 0.1); "
+        "off at evaluation"
     )
     downsample: Downsample | None = Field(
         None, description="conv4: 'stride' or 'maxpool'; None = the MAML code's (stride at ≤ 32 px, max-pool above)"
@@ -384,8 +394,8 @@ class JobConfig(StrictModel):
             if self.model.name != "mlp":
                 raise ValueError("model.name must be 'mlp' for regression (data.regression is set)")
         else:
-            if self.model.name != "conv4":
-                raise ValueError("model.name must be 'conv4' for image classification (data.regression is not set)")
+            if self.model.name == "mlp":
+                raise ValueError("model.name 'mlp' is for regression; image classification takes 'conv4', 'resnet12' or 'wrn'")
             train_ways, test_ways = self.data.episode.ways, self.data.test_episode.ways
             if not metric and test_ways > train_ways:
                 raise ValueError(

@@ -59,7 +59,7 @@ class FewShotClassifier:
         self.preprocessing = ImagePreprocessing.from_dict(spec.preprocessing)
         self.max_image_pixels = max_image_pixels  # larger images are refused from their header, never decoded
         self.model, self.learner = build(self.job, spec)
-        self.model.to(self.device)
+        self.model.to(self.device).eval()  # serving never trains: training-only layers (DropBlock) stay off
         expected = set(self.learner.init_meta_params())
         if set(checkpoint.meta_params) != expected:
             missing, extra = sorted(expected - set(checkpoint.meta_params)), sorted(set(checkpoint.meta_params) - expected)
