@@ -150,9 +150,11 @@ def test_health_answers_while_every_worker_thread_waits(checkpoint):
 
 
 # -- floods of refused calls -----------------------------------------------------------------------------------------
-FLOOD_CALLS, FLOOD_ROUNDS, FLOOD_MB = 60, 3, 31
+FLOOD_CALLS, FLOOD_ROUNDS, FLOOD_MB = 60, 4, 31
 FLOOD_GROWTH_MB = 150  # bound on the server's resident memory growth; buffered, one round's requests are 1,860 MB
-FLOOD_ROUND_GROWTH_MB = 50  # bound on its growth from the first round to the last
+# Bound on the growth over the last round: the heap settles at the size a round needs (the server keeps freed memory
+# for reuse, metadist.runtime) instead of growing round after round.
+FLOOD_ROUND_GROWTH_MB = 25
 FLOOD_SETTLE_S = 2.0  # after a round, before its memory is read
 
 
@@ -199,7 +201,7 @@ def test_a_flood_of_large_unauthenticated_requests_leaves_memory_bounded_and_the
             growth = f"server memory {baseline_mb:.0f} MB, then after each round {', '.join(f'{mb:.0f}' for mb in rounds_mb)} MB"
             assert codes == {"UNAUTHENTICATED": FLOOD_CALLS * FLOOD_ROUNDS}, codes
             assert max(rounds_mb) - baseline_mb < FLOOD_GROWTH_MB, growth
-            assert rounds_mb[-1] - rounds_mb[0] < FLOOD_ROUND_GROWTH_MB, growth  # it does not grow round after round
+            assert rounds_mb[-1] - rounds_mb[-2] < FLOOD_ROUND_GROWTH_MB, growth  # it does not grow round after round
             with Client(address, token=TOKEN, timeout_s=10) as client:
                 status, health_s = _timed(client.health)
                 predictions, call_s = _timed(lambda: client.adapt_and_classify(_images(), CLASSES, _images()))
