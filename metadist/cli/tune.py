@@ -17,6 +17,9 @@ def add_commands(commands) -> None:
     tune.add_argument("--trials", type=int, default=8, metavar="N", help="trials sampled (default 8; a grid: N per value)")
     tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a setting of the base job, e.g. --set train.steps=200 (repeatable)")
+    tune.add_argument("--workers", type=int, metavar="N",
+                      help="each trial trains on N Ray task workers (sets distributed.workers; default: in the trial's "
+                      "own process); its workers and parameter server are reserved with it in one placement group")
     tune.add_argument("--address", metavar="ADDRESS",
                       help="Ray cluster to run the trials on (sets distributed.address; default $RAY_ADDRESS, else a "
                       "local Ray started in this process)")
@@ -45,7 +48,7 @@ def _tune(args) -> int:
     from metadist.tune import TuneSettings, load_space, tune_job
     from metadist.tune.search import summary
 
-    job = resolve_job(args.job, args.overrides, address=args.address)
+    job = resolve_job(args.job, args.overrides, workers=args.workers, address=args.address)
     if args.space is None and not args.resume:
         raise ConfigError("metadist tune: --space SPACE.yaml is required (except with --resume)")
     space = load_space(args.space, job) if args.space and not args.resume else None

@@ -16,11 +16,13 @@ and the search's MLflow run) and, at the end, `best-job.yaml`: the best finished
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,7 +189,8 @@ def tune_job(job: JobConfig, space: SearchSpace | None, settings: TuneSettings =
                     failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
                 ),
             )
-        grid = tuner.fit()
+        with _environment({} if progress else {"RAY_AIR_NEW_OUTPUT": "0"}):  # verbose=0 silences only the old output
+            grid = tuner.fit()
         outcome = _outcome(grid, space, storage, metric, mode, searcher_name, parent.run_id if parent else None)
         if outcome.best is not None:
             best_job = apply_overrides(job, space.overrides(_sampled(grid, outcome.best.trial_id)))
@@ -210,6 +213,21 @@ def tune_job(job: JobConfig, space: SearchSpace | None, settings: TuneSettings =
         raise TuneError(f"{storage}: no trial finished ({_count(outcome)}); see the errors above and Tune's logs in "
                         f"{experiment}")
     return outcome
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Environment variables set for the block, then restored."""
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _record_on_parent(parent, outcome: SearchOutcome, job: JobConfig, settings: TuneSettings) -> None:
