@@ -27,13 +27,13 @@ LAYERS: list[set[str]] = [
     {"tracking"},
     {"training"},
     {"distributed"},
-    {"submission", "serving", "api"},
+    {"submission", "serving", "api", "tune"},
     {"cli"},
     {"__main__"},
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 # Which units may import these outside libraries at all.
-OWNERS = {"ray": {"distributed", "submission"}, "mlflow": {"tracking"}}
+OWNERS = {"ray": {"distributed", "submission", "tune"}, "mlflow": {"tracking"}}
 
 
 def module_name(path: Path) -> str:

@@ -15,7 +15,7 @@ from metadist.version import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from metadist.cli import data, serve, submit, train
+    from metadist.cli import data, serve, submit, train, tune
 
     parser = argparse.ArgumentParser(prog="metadist", description="Distributed meta-training on Ray.")
     parser.add_argument("--version", action="version", version=f"metadist {__version__}")
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_commands(commands)
     serve.add_commands(commands)
     submit.add_commands(commands)
+    tune.add_commands(commands)
     return parser
 
 

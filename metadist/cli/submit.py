@@ -11,6 +11,7 @@ import json
 import sys
 
 from metadist.config import load_job_with
+from metadist.errors import ConfigError
 
 _ADDRESS_HELP = ("the cluster's job server (the head's dashboard), default $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS, "
                  "else http://127.0.0.1:8265. A token-auth cluster: its token in ~/.ray/auth_token or $RAY_AUTH_TOKEN")
@@ -34,6 +35,10 @@ def add_commands(commands) -> None:
                         help="pip requirement installed into the job's own environment on the cluster (repeatable)")
     submit.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="environment variable of the job (repeatable); $MLFLOW_TRACKING_URI is passed on when set")
+    submit.add_argument("--space", metavar="SPACE.yaml",
+                        help="submit a search instead: `metadist tune JOB --space SPACE` runs on the cluster (the file "
+                        "inside the working directory)")
+    submit.add_argument("--trials", type=int, metavar="N", help="with --space: trials sampled (metadist tune --trials)")
     submit.add_argument("--no-wait", action="store_true", help="print the id and return; do not follow the logs")
     submit.set_defaults(handler=_submit)
 
@@ -63,9 +68,18 @@ def _submit(args) -> int:
     if args.workers is not None:
         overrides.append(f"distributed.workers={args.workers}")
     job = load_job_with(args.job, overrides)
+    tune_args: list[str] = []
+    if args.space is not None:
+        from metadist.tune import load_space
+
+        load_space(args.space, job)  # a bad space fails here, not on the cluster
+        tune_args = [] if args.trials is None else ["--trials", str(args.trials)]
+    elif args.trials is not None:
+        raise ConfigError("--trials: only with --space (a search)")
     submission = prepare_submission(
         job, args.job, overrides=args.overrides, workers=args.workers, working_dir=args.working_dir,
         submission_id=args.submission_id, pip=args.pip, env=parse_env(args.env), address=job_server_address(args.address),
+        space=args.space, tune_args=tune_args,
     )
     for warning in submission.warnings:
         print(f"metadist: warning: {warning}", file=sys.stderr)

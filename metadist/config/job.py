@@ -268,6 +268,10 @@ class TrackingConfig(StrictModel):
     run_name: str | None = Field(None, description="MLflow run name; None = the job name")
     log_checkpoints: bool = Field(True, description="upload checkpoints as run artifacts")
     log_model: bool = Field(True, description="log the final model as an MLflow pyfunc that adapts and predicts")
+    parent_run_id: str | None = Field(
+        None, description="create the run as a child of this MLflow run (tag mlflow.parentRunId), as `metadist tune` "
+        "does for each trial under its search's run; None = a top-level run",
+    )
 
 
 class DistributedConfig(StrictModel):

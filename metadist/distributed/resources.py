@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import ray
 
-from metadist.config import DistributedConfig, TrainConfig
+from metadist.config import DistributedConfig, JobConfig, TrainConfig
 from metadist.distributed.ray_internals import autoscaler_max_resources
 
 
@@ -56,3 +56,15 @@ def worker_resources(config: DistributedConfig, train: TrainConfig, gpus: Cluste
     else:
         num_gpus, reason = 0.0, "train.device 'auto', and the cluster neither has GPUs nor advertises node types with them"
     return WorkerResources(num_cpus=cpus, num_gpus=num_gpus, threads=threads, reason=reason)
+
+
+def job_bundles(job: JobConfig, gpus: ClusterGPUs) -> list[dict[str, float]]:
+    """The placement-group bundles that hold all of one job at once: its driver first (the trainer: evaluation and
+    checkpoints; the parameter server and reducers, which ask for no slot, run on its node), then one per task worker.
+    A local job (workers: 0) is its driver alone, with train.threads CPU slots."""
+    driver = {"CPU": float(job.train.threads or 1)}
+    if job.distributed.workers == 0:
+        return [driver]
+    worker = worker_resources(job.distributed, job.train, gpus)
+    bundle = {"CPU": worker.num_cpus} | ({"GPU": worker.num_gpus} if worker.num_gpus else {})
+    return [driver] + [dict(bundle) for _ in range(job.distributed.workers)]

@@ -17,6 +17,7 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from metadist.config import JobConfig
 from metadist.distributed.cluster import ClusterError
@@ -26,6 +27,16 @@ from metadist.distributed.worker import TaskWorker
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.5  # how often a wait for workers to be placed looks again
+
+
+def worker_placement() -> Any:
+    """Where a worker is placed: one per node where they fit ("SPREAD": a lost node costs fewer), or, in a job that
+    runs inside a placement group that captures its children (a `metadist tune` trial), in that group's bundles,
+    reserved with the trial so that trials waiting for workers can never hold each other's CPUs."""
+    group = ray.util.get_current_placement_group()
+    if group is None:
+        return "SPREAD"
+    return PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)
 
 
 class WorkersExhausted(ClusterError):
@@ -71,7 +82,7 @@ class WorkerGroup:
         actor = self._actor_class.options(
             **self.resources.as_options(),
             max_restarts=0,  # a dead worker is replaced by the group, which counts it and re-sends its tasks
-            scheduling_strategy="SPREAD",  # one worker per node where they fit: a lost node costs fewer
+            scheduling_strategy=worker_placement(),
         ).remote(self.job, self.spec, worker_id, self.resources.threads)
         self.pending[worker_id] = WorkerSlot(worker_id, actor, actor.info.remote(), requested_at_s=time.monotonic())
 

@@ -75,25 +75,18 @@ def prepare_submission(
     pip: Sequence[str] = (),
     env: dict[str, str] | None = None,
     address: str | None = None,
+    space: str | os.PathLike | None = None,
+    tune_args: Sequence[str] = (),
 ) -> JobSubmission:
     """The submission of `job` (already validated, overrides applied) loaded from `job_file`; nothing is sent.
 
     `overrides` and `workers` are passed on to `metadist train` as given; `address` (the job server's) only
-    serves the warnings."""
+    serves the warnings. With a search space file (`space`, validated already), the job is a search: `metadist
+    tune JOB --space SPACE` with `tune_args` (--trials N ...) runs there instead, its trials on the cluster."""
     root = Path(working_dir).expanduser().resolve()
     if not root.is_dir():
         raise SubmissionError(f"--working-dir {working_dir}: not a directory")
-    path = Path(job_file).expanduser().resolve()
-    try:
-        relative = path.relative_to(root)
-    except ValueError:
-        raise SubmissionError(
-            f"{job_file}: the job file is not inside the working directory {root}, which is what the cluster gets; "
-            f"move it there or pass --working-dir (a folder that holds it)"
-        ) from None
-    excluded_by = _excluded_from_upload(root, relative)
-    if excluded_by:
-        raise SubmissionError(f"{job_file}: the job file would not be uploaded with {root} (excluded by {excluded_by})")
+    relative = _uploaded(root, job_file, "job file")
     env_vars = STOP_GRACE_ENV | {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)} | dict(env or {})
     runtime_env: dict = {"working_dir": str(root), "excludes": list(WORKING_DIR_EXCLUDES)}
     if env_vars:
@@ -101,6 +94,9 @@ def prepare_submission(
     if pip:
         runtime_env["pip"] = list(pip)
     command = ["metadist", "train", relative.as_posix(), "--no-progress"]
+    if space is not None:
+        command = ["metadist", "tune", relative.as_posix(), "--space", _uploaded(root, space, "search space file").as_posix(),
+                   "--no-progress", *tune_args]
     for item in overrides:
         command += ["--set", item]
     if workers is not None:
@@ -113,6 +109,22 @@ def prepare_submission(
         metadata={"metadist_job": job.name, "metadist_job_file": relative.as_posix()},
         warnings=tuple(_warnings(job, env_vars, address)),
     )
+
+
+def _uploaded(root: Path, file: str | os.PathLike, what: str) -> Path:
+    """`file` relative to the working directory `root`, which must hold it and upload it."""
+    path = Path(file).expanduser().resolve()
+    try:
+        relative = path.relative_to(root)
+    except ValueError:
+        raise SubmissionError(
+            f"{file}: the {what} is not inside the working directory {root}, which is what the cluster gets; "
+            f"move it there or pass --working-dir (a folder that holds it)"
+        ) from None
+    excluded_by = _excluded_from_upload(root, relative)
+    if excluded_by:
+        raise SubmissionError(f"{file}: the {what} would not be uploaded with {root} (excluded by {excluded_by})")
+    return relative
 
 
 def default_submission_id(job_name: str) -> str:

@@ -55,6 +55,7 @@ TRUNCATION_MARK = "...[truncated; see job.yaml]"
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 MODEL_NAME = "model"  # runs:/<run id>/model
 MODEL_TYPE = "metadist-few-shot-classifier"
+PARENT_RUN_TAG = "mlflow.parentRunId"
 
 
 def open_tracker(config: TrackingConfig, *, job_name: str) -> "Tracker":
@@ -169,6 +170,8 @@ class MlflowTracker:
 
         self.experiment_id = self._experiment_id()
         tags = resolve_tags(run_tags(job))  # adds mlflow.user, mlflow.source.*, the git commit when there is one
+        if self.config.parent_run_id:  # MLflow nests a run under the one this tag names (`metadist tune`'s trials)
+            tags[PARENT_RUN_TAG] = self.config.parent_run_id
         run = self._client.create_run(self.experiment_id, tags=tags, run_name=self.config.run_name or self.job_name)
         self.run_id = run.info.run_id
         self._log_params(job.flat())

@@ -56,6 +56,10 @@ def resume_mismatches(saved: JobConfig, job: JobConfig) -> list[str]:
     return sorted(k for k in set(a) | set(b) if k.startswith(RESUME_MUST_MATCH) and a.get(k) != b.get(k))
 
 
+# Called with (step, held-out metrics) after each evaluation during training (Trainer's on_evaluation).
+EvaluationHook = Callable[[int, dict[str, float]], None]
+
+
 @dataclass
 class TrainResult:
     checkpoint_uri: str  # the final checkpoint
@@ -140,11 +144,15 @@ class StepSource(ABC):
 class Trainer:
     """The outer loop over a step source. `run()` trains, checkpoints, evaluates and records the run."""
 
-    def __init__(self, job: JobConfig, source: StepSource, *, resume: str | bool = False, progress: bool = True) -> None:
-        """resume: False; True = the newest checkpoint in the job's checkpoint directory; or a checkpoint URI."""
+    def __init__(self, job: JobConfig, source: StepSource, *, resume: str | bool = False, progress: bool = True,
+                 on_evaluation: EvaluationHook | None = None) -> None:
+        """resume: False; True = the newest checkpoint in the job's checkpoint directory; or a checkpoint URI.
+        on_evaluation: called with (step, metrics) after each held-out evaluation during training (every
+        train.eval_every steps; the metrics as logged, `val_accuracy_after` ...), e.g. to report to a tuner."""
         self.job = job
         self.source = source
         self.progress = progress
+        self.on_evaluation = on_evaluation
         self.test_sampler = make_test_sampler(job, progress=progress)
         self.step = 0  # outer steps taken = the next sampler step
         self.loop_state = LoopState()
@@ -280,6 +288,8 @@ class Trainer:
                     held_out = {f"val_{k}": e.mean for k, e in self.evaluate(train.eval_episodes).items()}
                     if held_out:
                         self._record(tracker, display, held_out, "held-out ")
+                        if self.on_evaluation is not None:
+                            self.on_evaluation(self.step, held_out)
                     window.restart()  # evaluation time is not training throughput
 
                 if job.checkpoint.every and self.step % job.checkpoint.every == 0 and not last:
