@@ -435,9 +435,10 @@ def test_mlflow_models_serve_answers_a_rest_request(config, job, tmp_path):
 
 # -- pure parts: no server -------------------------------------------------------------------------------------------
 def test_metric_names_are_grouped_by_prefix():
-    from metadist.tracking.metric_names import mlflow_name
+    from metadist.tracking.metric_names import mlflow_name, mlflow_names
 
-    assert mlflow_name("loss_after") == "train/loss_after" and mlflow_name("lr") == "train/lr"
+    assert mlflow_name("loss_after") == "train/loss_after"
+    assert mlflow_names({"lr": 0.002, "val_loss_after": 1.5}) == {"train/lr_milli": 2.0, "heldout/loss_after": 1.5}
     assert mlflow_name("val_accuracy_after") == "heldout/accuracy_after"
     assert mlflow_name("test_accuracy_after_ci95") == "test/accuracy_after_ci95"
     assert mlflow_name("staleness_max") == "distributed/staleness_max"

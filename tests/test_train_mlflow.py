@@ -29,7 +29,7 @@ def test_run_records_config_curves_checkpoints_plot_and_model(tracked_job):
     assert run.info.status == "FINISHED"
     assert run.data.params["algorithm.name"] == "maml" and run.data.params["train.steps"] == "6"
     assert len(run.data.params) == len(job.flat())
-    for key in ("train/loss_after", "train/accuracy_after", "train/accuracy_before", "train/tasks_per_s", "train/lr"):
+    for key in ("train/loss_after", "train/accuracy_after", "train/accuracy_before", "train/tasks_per_s", "train/lr_milli"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [2, 4, 6], key
     assert [m.step for m in client.get_metric_history(run.info.run_id, "heldout/accuracy_after")] == [3]
     assert "test/accuracy_after" in run.data.metrics and "test/accuracy_after_ci95" in run.data.metrics

@@ -8,6 +8,11 @@
 
 Only MLflow sees these names: the loop's history, the progress bar, `TrainResult` and the learning-curve plot keep
 the loop's keys. `mlflow_name("val_accuracy_after") == "heldout/accuracy_after"`.
+
+The outer learning rate goes in as `train/lr_milli`, in units of 1e-3 (MAML's Adam at 0.001 reads 1.0): MLflow
+draws its charts with Plotly, which pads the y-axis of a constant series by ±1, so a constant 0.001 logged as is was
+a flat line at 0 on an axis from -1 to 1; at 1.0 it is a line at 1 on an axis from 0 to 2, and a schedule's decay
+from 1 to 0 reads as it is.
 """
 
 from __future__ import annotations
@@ -23,10 +28,14 @@ DISTRIBUTED_KEYS = frozenset({
     "reducer_bytes_per_step_max", "prefetch_hit_rate", "ps_apply_ms", "ps_round_trip_ms",
 })  # fmt: skip
 WORKER_PREFIX = "worker/"
+# Loop key → (MLflow name, factor its values are multiplied by).
+SCALED = {"lr": ("train/lr_milli", 1e3)}
 
 
 def mlflow_name(key: str) -> str:
     """The MLflow metric name of a loop key; a name already in a group is kept."""
+    if key in SCALED:
+        return SCALED[key][0]
     group = key.split("/", 1)[0]
     if "/" in key and group in GROUPS:
         return key
@@ -39,4 +48,5 @@ def mlflow_name(key: str) -> str:
 
 
 def mlflow_names(metrics: dict[str, float]) -> dict[str, float]:
-    return {mlflow_name(k): v for k, v in metrics.items()}
+    """Loop metrics as MLflow records them: renamed, and scaled where SCALED says (values as float)."""
+    return {mlflow_name(k): float(v) * SCALED[k][1] if k in SCALED else float(v) for k, v in metrics.items()}

@@ -47,7 +47,7 @@ import yaml
 from metadist.config import JobConfig, TrackingConfig
 from metadist.errors import TrackingError
 from metadist.tracking.environment import model_requirements, run_tags
-from metadist.tracking.metric_names import mlflow_name, mlflow_names
+from metadist.tracking.metric_names import mlflow_names
 from metadist.tracking.redaction import hide_password, redact_job
 from metadist.tracking.system_metrics import SystemMetricsTarget, start_system_metrics
 from metadist.tracking.uri import process_tracking_uri, resolve_tracking_uri
@@ -338,7 +338,7 @@ class MlflowTracker:
 
         run_id = self._require_run()
         timestamp_ms = int(time.time() * 1000)
-        values = {mlflow_name(key): float(value) for key, value in metrics.items()}
+        values = mlflow_names(metrics)
         self._summary.update(values)
         with self._failing_as_tracking_error("log the summary"):
             entries = [Metric(k, v, timestamp_ms, self._last_step) for k, v in values.items()]
