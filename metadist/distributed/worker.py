@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ray
 import torch
@@ -51,6 +51,8 @@ class SliceReport:
     fetched_bytes: int  # meta-parameters fetched from the object store for this call (0: cached version)
     prefetched: bool  # its episodes were sampled ahead, while the previous step was being applied
     update_bytes: int  # size of the returned update tensors
+    # Where it ran: gpus (held), on_cuda (0 or 1). Its CPU, memory and GPU use are MLflow's system metrics.
+    placement: dict[str, float] = field(default_factory=dict)
 
 
 class TaskWorker:
@@ -104,6 +106,7 @@ class TaskWorker:
             worker_id=self.worker_id, step=step, lo=lo, hi=hi, version=version, num_tasks=update.num_tasks,
             metrics=dict(update.metrics), before=before, compute_s=done - sampled, sample_s=sampled - start,
             fetched_bytes=fetched, prefetched=prefetched, update_bytes=flat.nbytes,
+            placement={"gpus": float(len(self.gpu_ids)), "on_cuda": float(self.device.type == "cuda")},
         )
         return report, flat
 
