@@ -163,7 +163,8 @@ def undisturbed(ray_cluster, small1_uri, small2_uri, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("undisturbed")
     tracked = tiny_job(small1_uri, small2_uri, tmp, "train.steps=8", *TWO_WORKERS, "tracking.enabled=true",
-                       f"tracking.uri=sqlite:///{tmp}/mlflow.db", "tracking.log_model=false")
+                       f"tracking.uri=sqlite:///{tmp}/mlflow.db", "tracking.log_model=false",
+                       "tracking.log_checkpoint_models=false")
     # System metrics every second (MLflow's default is 10 s): the run lasts a few seconds.
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
