@@ -216,6 +216,19 @@ class Browser:
             raise BrowserError(f"no text starting with {text!r} on {self.evaluate('location.href')}")
         self._next_frame()
 
+    def wait_for(self, expect: Sequence[str], *, timeout_s: float = LOAD_TIMEOUT_S) -> str:
+        """Wait until every string of `expect` is in the page's text (a part drawn once scrolled into view); the text."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            text = self.evaluate("document.body.innerText")
+            missing = [s for s in expect if s not in text]
+            if not missing:
+                self._next_frame()
+                return text
+            if time.monotonic() > deadline:
+                raise BrowserError(f"after {timeout_s:.0f} s, missing {missing}; the page shows:\n{text[:3000]}")
+            self._pump(POLL_S)
+
     def html(self) -> str:
         """The current DOM, serialised (what `--dump-dom` prints)."""
         return self.evaluate("document.documentElement.outerHTML")

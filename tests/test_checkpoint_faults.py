@@ -179,7 +179,7 @@ def test_sigterm_saves_marks_the_run_killed_and_exits_143(small1_uri, small2_uri
     run_id = saved.loop.mlflow_run_id
     client = MlflowClient(mlflow_server)
     assert client.get_run(run_id).info.status == "KILLED"
-    logged = max(m.step for m in client.get_metric_history(run_id, "loss_after"))
+    logged = max(m.step for m in client.get_metric_history(run_id, "train/loss_after"))
     assert saved.step > 5 and logged <= saved.step <= logged + 1, "the checkpoint is of the step SIGTERM stopped at"
     assert not list(root.rglob(".lock"))
 
@@ -195,7 +195,7 @@ def test_after_sigkill_resume_logs_no_metric_point_twice(small1_uri, small2_uri,
     run_id = ckpt_io.load(str(root)).loop.mlflow_run_id
     deadline = time.monotonic() + CLI_TIMEOUT_S
     while True:  # kill a few steps past the step-20 checkpoint, long before the next one
-        steps = [m.step for m in client.get_metric_history(run_id, "loss_after")]
+        steps = [m.step for m in client.get_metric_history(run_id, "train/loss_after")]
         if max(steps) >= 23:
             break
         assert process.poll() is None and time.monotonic() < deadline
@@ -203,13 +203,13 @@ def test_after_sigkill_resume_logs_no_metric_point_twice(small1_uri, small2_uri,
     process.kill()
     process.wait()
     saved = ckpt_io.load(str(root))
-    logged = max(m.step for m in client.get_metric_history(run_id, "loss_after"))
+    logged = max(m.step for m in client.get_metric_history(run_id, "train/loss_after"))
     assert logged > saved.step, "the kill came too early to test anything"
     # The lock of the killed process is stale (its pid is gone): resume takes it over.
     done = subprocess.run(command + ["--set", f"train.steps={logged + 3}", "--resume"], capture_output=True, text=True,
                           timeout=CLI_TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-3000:]
-    steps = [m.step for m in client.get_metric_history(saved.loop.mlflow_run_id, "loss_after")]
+    steps = [m.step for m in client.get_metric_history(saved.loop.mlflow_run_id, "train/loss_after")]
     assert len(steps) == len(set(steps)) and max(steps) == logged + 3
 
 

@@ -49,6 +49,16 @@ def _auth_env() -> dict[str, str]:
 
 
 # -- without a cluster -----------------------------------------------------------------------------------------------
+def test_every_distributed_figure_has_an_mlflow_group():
+    from metadist.distributed.stats import DistributedStats
+    from metadist.tracking.metric_names import DISTRIBUTED_KEYS
+
+    stats = DistributedStats()
+    stats.worker_tasks[0] = 4
+    figures = stats.close(workers=1, restarts=0)
+    assert set(figures) - {"worker/0/tasks_per_s"} == DISTRIBUTED_KEYS
+
+
 def test_slices_cover_the_meta_batch_and_the_staleness_policies():
     from metadist.distributed import slice_bounds
     from metadist.distributed.parameter_server import AppliedSteps
@@ -153,8 +163,12 @@ def undisturbed(ray_cluster, small1_uri, small2_uri, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("undisturbed")
     tracked = tiny_job(small1_uri, small2_uri, tmp, "train.steps=8", *TWO_WORKERS, "tracking.enabled=true",
-                       f"tracking.uri=sqlite:///{tmp}/mlflow.db", "tracking.log_model=false")
-    result = DistributedTrainer(tracked, progress=False).run()
+                       f"tracking.uri=sqlite:///{tmp}/mlflow.db", "tracking.log_model=false",
+                       "tracking.log_checkpoint_models=false")
+    # System metrics every second (MLflow's default is 10 s): the run lasts a few seconds.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+        result = DistributedTrainer(tracked, progress=False).run()
     job = tracked.model_copy(update={"tracking": tracked.tracking.model_copy(update={"enabled": False})})
     return {"job": job, "tracked": tracked, "result": result, "params": _params(result.checkpoint_uri)}
 
@@ -191,9 +205,14 @@ def test_one_mlflow_run_records_workers_staleness_traffic_and_latency(undisturbe
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.data.params["distributed.workers"] == "2"
     assert len(client.search_runs([run.info.experiment_id])) == 1
-    for key in ("loss_after", "tasks_per_s", "workers", "worker_restarts", "staleness_max", "bytes_per_step", "ps_apply_ms",
-                "worker/0/tasks_per_s", "worker/1/tasks_per_s", "worker/0/rss_mb", "worker/1/cpu_percent"):
+    for key in ("train/loss_after", "train/tasks_per_s", "distributed/workers", "distributed/worker_restarts",
+                "distributed/staleness_max", "distributed/bytes_per_step", "distributed/ps_apply_ms",
+                "distributed/worker/0/tasks_per_s", "distributed/worker/1/tasks_per_s"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [2, 4, 6, 8], key
+    # MLflow's system metrics from each task worker and the parameter server, under their node ids.
+    for node in ("worker-0", "worker-1", "parameter-server"):
+        for metric in ("cpu_utilization_percentage", "system_memory_usage_megabytes"):
+            assert client.get_metric_history(run.info.run_id, f"system/{node}/{metric}"), (node, metric)
     history = result.history
     # Per step: the one reducer (one node) takes in the two slices' updates, the server one partial sum, and each
     # worker fetches each version's parameters once.

@@ -1,5 +1,9 @@
 """The MLflow UI as a person sees it: a tiny training run tracked to a real `mlflow server`, its pages opened in
-headless Chromium and checked for the experiment, the run's name, a setting, a metric and the artifacts.
+headless Chromium and checked for the experiment, the run's name, a setting, a metric, the charts (the learning
+rate's value readable), the system metrics of the task worker and the parameter server, and the artifacts.
+
+The run is distributed (one task worker and the parameter server, on a Ray started by `metadist train`) so that its
+workers' system metrics are there to see: about 30 s more than a local run.
 
 Each page is kept as a screenshot in $METADIST_TEST_ARTIFACTS, else test-artifacts/ under the repository root.
 Without Chromium the module is skipped, unless METADIST_CI=1 (as in CI), where that is a failure.
@@ -8,6 +12,7 @@ Without Chromium the module is skipped, unless METADIST_CI=1 (as in CI), where t
 from __future__ import annotations
 
 import io
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +27,9 @@ from tests.mlflow_server import mlflow_server  # noqa: F401  (session fixture: a
 EXPERIMENT = "ui-tests"
 RUN_NAME = "ui-run"
 PARAM, PARAM_VALUE = "algorithm.name", "maml"
-METRIC = "test_accuracy_after"
+METRIC = "test/accuracy_after"
+LR_CHART = f"{RUN_NAME} (train/lr_milli)"  # a chart's legend: run name (metric)
+NODES = ("worker-0", "parameter-server")  # system/<node>/... besides the driver's system/...
 # A rendered page, not a blank or a spinner: MLflow's pages give 120-180 kB (MIN_PNG_BYTES) and 3,500-6,000 colours
 # at 1440x900.
 MIN_COLOURS = 256
@@ -43,12 +50,18 @@ class TrackedRun:
 
 
 @pytest.fixture(scope="module")
+@starts("cluster")
 def tracked_run(chrome, mlflow_server, small1_uri, small2_uri, tmp_path_factory) -> TrackedRun:  # noqa: F811
     from mlflow import MlflowClient
 
-    train_tiny_cli(tmp_path_factory.mktemp("ui"), small1_uri, small2_uri, "ui-job", "tracking.enabled=true",
-           f"tracking.uri={mlflow_server}", f"tracking.experiment={EXPERIMENT}", f"tracking.run_name={RUN_NAME}",
-           "tracking.log_model=false")  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # MLflow's 10 s would outlast the run
+        # Token authentication on, as Ray has it by default, with the token in the environment instead of ~/.ray.
+        patch.setenv("RAY_AUTH_MODE", "token")
+        patch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(16))
+        train_tiny_cli(tmp_path_factory.mktemp("ui"), small1_uri, small2_uri, "ui-job", "tracking.enabled=true",
+                       f"tracking.uri={mlflow_server}", f"tracking.experiment={EXPERIMENT}", f"tracking.run_name={RUN_NAME}",
+                       "tracking.log_model=false", "distributed.workers=1")  # fmt: skip
     client = MlflowClient(mlflow_server)
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     (run,) = client.search_runs([experiment_id], filter_string=f"attributes.run_name = '{RUN_NAME}'")
@@ -119,6 +132,32 @@ def test_artifacts_tab_lists_the_job_and_shows_the_learning_curve(browser, track
                              ".map(i => [i.naturalWidth, i.naturalHeight])")  # fmt: skip
     assert list(tracked_run.learning_curve_size) in shown, f"learning curve not displayed; images (w, h): {shown}"
     keep_screenshot(browser, artifacts_dir, "artifacts")
+    assert_loopback(browser.requested_urls)
+
+
+def test_charts_are_sectioned_by_prefix_and_show_the_learning_rate(browser, tracked_run, artifacts_dir):
+    assert tracked_run.metrics["train/lr_milli"] == 1.0  # Adam at 0.001, in units of 1e-3
+    browser.load(f"{tracked_run.run_page}/model-metrics", expect=["train", "test", "distributed"])
+    browser.scroll_to("train")  # a section's charts are drawn once in view
+    text = browser.wait_for([LR_CHART])
+    # The chart's text: its title, the x ticks (steps), the y ticks, "Step", the legend. The y-axis runs from 0 to 2,
+    # the line at 1 (a constant 0.001 drew at 0, on -1 to 1).
+    lines = text.splitlines()
+    chart = lines[lines.index("lr_milli") + 1 : lines.index(LR_CHART)]
+    y_ticks = [float(t.replace("\u2212", "-")) for t in chart[chart.index("4") + 1 : chart.index("Step")]]
+    assert min(y_ticks) == 0 and max(y_ticks) == 2, chart
+    keep_screenshot(browser, artifacts_dir, "model-metrics")
+    assert_loopback(browser.requested_urls)
+
+
+def test_system_metrics_of_the_worker_and_the_parameter_server(browser, tracked_run, artifacts_dir):
+    for node in NODES:
+        assert f"system/{node}/cpu_utilization_percentage" in tracked_run.metrics, node
+    text = browser.load(f"{tracked_run.run_page}/system-metrics", expect=[f"system/{node}" for node in NODES])
+    assert "System metrics" in text  # the driver's own section
+    browser.scroll_to("system/worker-0")
+    browser.wait_for([f"{RUN_NAME} (system/worker-0/cpu_utilization_percentage)"])
+    keep_screenshot(browser, artifacts_dir, "system-metrics")
     assert_loopback(browser.requested_urls)
 
 

@@ -156,10 +156,10 @@ def test_submitted_job_succeeds_and_its_run_is_in_mlflow(  # noqa: F811  (mlflow
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
     assert params["name"] == "tiny-submit" and params["train.steps"] == "4" and params["model.hidden"] == "8"
     assert params["data.train.uri"] == small1_uri and params["tracking.experiment"] == experiment
-    loss = _mlflow(mlflow_server, "metrics/get-history", run_id=run_id, metric_key="loss_after")["metrics"]
+    loss = _mlflow(mlflow_server, "metrics/get-history", run_id=run_id, metric_key="train/loss_after")["metrics"]
     assert sorted(m["step"] for m in loss) == [2, 4]
     metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
-    assert 0.0 <= metrics["test_accuracy_after"] <= 1.0 and "test_accuracy_after_ci95" in metrics
+    assert 0.0 <= metrics["test/accuracy_after"] <= 1.0 and "test/accuracy_after_ci95" in metrics
 
     def artifacts(path: str = "") -> set[str]:
         listing = _mlflow(mlflow_server, "artifacts/list", run_id=run_id, **({"path": path} if path else {}))
@@ -180,8 +180,8 @@ def test_submitted_job_succeeds_and_its_run_is_in_mlflow(  # noqa: F811  (mlflow
     with headless_chrome(chrome) as browser:
         browser.load(f"{mlflow_server}/#/experiments", expect=[experiment])
         run_page = f"{mlflow_server}/#/experiments/{experiment_id}/runs/{run_id}"
-        text = browser.load(run_page, expect=[run_name, "Finished", run_id, "test_accuracy_after"])
-        assert float(value_after(text, "test_accuracy_after")) == pytest.approx(metrics["test_accuracy_after"])
+        text = browser.load(run_page, expect=[run_name, "Finished", run_id, "test/accuracy_after"])
+        assert float(value_after(text, "test/accuracy_after")) == pytest.approx(metrics["test/accuracy_after"])
         assert value_after(text, "train.steps") == "4"
         browser.scroll_to("Metrics (")  # the metrics table under the run's name, which stays in view
         png = browser.screenshot()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import math
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -19,6 +21,7 @@ import yaml
 
 import metadist
 from metadist.config import JobConfig, TaskSourceConfig, TrackingConfig
+from metadist.core.tasks import open_shards
 from metadist.tracking import MlflowTracker, NullTracker, TrackingError, open_tracker, resolve_tracking_uri
 from metadist.tracking.redaction import REDACTED, redact_job
 from metadist.tracking.plots import save_learning_curve
@@ -82,6 +85,17 @@ def test_start_records_params_tags_and_job_file(config, client, job, tmp_path):
     assert "mlflow.user" in tags and "mlflow.source.name" in tags  # MLflow's own context tags
 
     assert JobConfig.model_validate(yaml.safe_load(download_text(client, tracker.run_id, "job.yaml", tmp_path))) == job
+
+    # The shard sets, as the run's datasets: named, digested and located by their manifests.
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "test"} and all(i.tags[0].key == "mlflow.data.context" for i in run.inputs.dataset_inputs)
+    for context, source in (("training", job.data.train), ("test", job.data.test)):
+        dataset, shards = inputs[context], open_shards(source, progress=False)
+        assert dataset.digest == shards.manifest_sha256[:32] and len(shards.manifest_sha256) == 64
+        assert dataset.source_type == "metadist-shards"
+        assert json.loads(dataset.source) == {"uri": f"{source.uri}/manifest.json"}
+        assert dataset.name == f"omniglot-{shards.manifest.dataset['version']}"
+    assert inputs["training"].digest != inputs["test"].digest
     tracker.end()
     assert client.get_run(tracker.run_id).info.status == "FINISHED"
 
@@ -101,17 +115,17 @@ def test_metrics_by_step_nonfinite_kept(config, client, job):
     tracker.log_metrics({"loss_after": float("inf"), "accuracy_after": np.float32(0.75)}, step=30)
     tracker.end()
 
-    loss = sorted(client.get_metric_history(tracker.run_id, "loss_after"), key=lambda m: m.step)
+    loss = sorted(client.get_metric_history(tracker.run_id, "train/loss_after"), key=lambda m: m.step)
     assert [m.step for m in loss] == [10, 20, 30]
     assert loss[0].value == 1.5 and math.isnan(loss[1].value) and loss[2].value > 1e300  # inf: clamped by MLflow
-    accuracy = sorted(client.get_metric_history(tracker.run_id, "accuracy_after"), key=lambda m: m.step)
+    accuracy = sorted(client.get_metric_history(tracker.run_id, "train/accuracy_after"), key=lambda m: m.step)
     assert [(m.step, m.value) for m in accuracy] == [(10, 0.25), (20, 0.5), (30, 0.75)]
 
 
 def test_checkpoint_learning_curve_and_summary(config, client, job, tmp_path):
     checkpoint = tmp_path / "step-00000040.safetensors"
     checkpoint.write_bytes(b"weights" * 100)
-    tracker = open_tracker(config, job_name=job.name)
+    tracker = open_tracker(config.model_copy(update={"log_checkpoint_models": False}), job_name=job.name)
     tracker.start(job)
     tracker.log_metrics({"skipped_updates": 0.0}, step=40)
     tracker.log_checkpoint(str(checkpoint), step=40)
@@ -133,12 +147,12 @@ def test_checkpoint_learning_curve_and_summary(config, client, job, tmp_path):
     assert 800 <= width <= 2000 and 300 <= height <= 1000 and len(png) > 20_000  # two panels with content
 
     summary = json.loads(download_text(client, run_id, "summary.json", tmp_path / "dl"))
-    assert summary == {"test_accuracy_after": 0.93, "test_accuracy_after_ci95": 0.012, "test_loss_after": None,
-                       "skipped_updates": 2.0}
+    assert summary == {"test/accuracy_after": 0.93, "test/accuracy_after_ci95": 0.012, "test/loss_after": None,
+                       "train/skipped_updates": 2.0}
     metrics = client.get_run(run_id).data.metrics
-    assert metrics["test_accuracy_after"] == 0.93 and metrics["test_accuracy_after_ci95"] == 0.012
-    assert metrics["skipped_updates"] == 2.0  # the summary's value wins over the training metric's
-    assert [m.step for m in client.get_metric_history(run_id, "test_accuracy_after")] == [40]  # at the last step
+    assert metrics["test/accuracy_after"] == 0.93 and metrics["test/accuracy_after_ci95"] == 0.012
+    assert metrics["train/skipped_updates"] == 2.0  # the summary's value wins over the training metric's
+    assert [m.step for m in client.get_metric_history(run_id, "test/accuracy_after")] == [40]  # at the last step
 
 
 def test_end_status_failed_and_killed(config, client, job):
@@ -182,7 +196,7 @@ def test_resume_continues_the_same_run(config, client, job, tmp_path):
 
     run = client.get_run(first.run_id)
     assert run.info.status == "FINISHED"
-    history = sorted(client.get_metric_history(run.info.run_id, "loss_after"), key=lambda m: m.step)
+    history = sorted(client.get_metric_history(run.info.run_id, "train/loss_after"), key=lambda m: m.step)
     assert [(m.step, m.value) for m in history] == [(10, 1.0), (20, 0.5)]
     assert run.data.params["train.steps"] == str(job.train.steps)  # params are write-once in MLflow; the change is recorded
     assert run.data.tags["metadist.resumes"] == "1" and run.data.tags["metadist.resume-1.changed"] == "train.steps"
@@ -284,7 +298,154 @@ def test_log_model_loads_and_predicts(config, client, job, tmp_path, monkeypatch
     assert len(out) == 2 and list(out["predictions"][0]) == predictions and len(out["predictions"][1]) == 1
 
 
+def test_registry_alias_moves_only_to_a_better_version(config, client, job):
+    from metadist.tracking.registry import Score, register, score_of
+
+    name = f"alias-test-{time.time_ns()}"
+    tracker = open_tracker(config, job_name=job.name)
+    tracker.start(job)
+    run_id = tracker.run_id
+
+    def version(accuracy: float | None):
+        model = client.create_logged_model(tracker.experiment_id, source_run_id=run_id)
+        score = None if accuracy is None else Score("test/accuracy_after", accuracy, True)
+        return register(client, name=name, alias="champion", model_uri=f"models:/{model.model_id}", run_id=run_id,
+                        model_id=model.model_id, score=score)
+
+    def champion() -> str:
+        return client.get_model_version_by_alias(name, "champion").version
+
+    assert version(None).alias_moved is False  # no test score: no alias
+    first = version(0.5)
+    assert first.alias_moved and first.holder is None and champion() == first.version
+    assert not version(0.4).alias_moved and champion() == first.version  # worse
+    tie = version(0.5)
+    assert not tie.alias_moved and tie.holder == first.version and tie.holder_score == 0.5  # a tie keeps the holder
+    assert not version(float("nan")).alias_moved
+    best = version(0.75)
+    assert best.alias_moved and champion() == best.version
+    assert client.get_model_version(name, best.version).tags == {"metadist.score_metric": "test/accuracy_after",
+                                                                  "metadist.score": "0.75"}
+    # A holder set by hand, without a score anywhere, gives the alias up.
+    bare_id = client.create_logged_model(tracker.experiment_id).model_id
+    bare = client.create_model_version(name, f"models:/{bare_id}", model_id=bare_id)
+    client.set_registered_model_alias(name, "champion", bare.version)
+    assert version(0.1).alias_moved
+    tracker.end()
+
+    # The score: test accuracy, higher is better; for regression, test loss, lower is better.
+    assert score_of({"test/accuracy_after": 0.9, "test/loss_after": 0.2}) == Score("test/accuracy_after", 0.9, True)
+    loss = score_of({"test/loss_after": 0.2})
+    assert loss == Score("test/loss_after", 0.2, False) and loss.beats(0.3) and not loss.beats(0.1)
+    assert score_of({"train/loss_after": 0.2}) is None
+
+
+def test_log_model_registers_it_under_the_alias(config, client, job, tmp_path):
+    name = f"registered-{time.time_ns()}"
+    checkpoint = _tiny_checkpoint(tmp_path / "checkpoints")
+    tracker = open_tracker(config.model_copy(update={"registered_model": name, "alias": "best"}), job_name=job.name)
+    tracker.start(job)
+    tracker.log_metrics({"loss_after": 1.0}, step=7)
+    tracker.log_summary({"test_accuracy_after": 0.6, "test_accuracy_after_ci95": 0.1})
+    tracker.log_model(checkpoint)
+    tracker.end()
+
+    holder = client.get_model_version_by_alias(name, "best")
+    assert tracker.registration.alias_moved and holder.version == tracker.registration.version == "1"
+    assert holder.run_id == tracker.run_id and holder.source == tracker.model_uri
+    (model,) = [m for m in client.search_logged_models([tracker.experiment_id]) if m.source_run_id == tracker.run_id]
+    assert model.name == "model"
+    linked = {(m.key, m.step) for m in model.metrics}  # the metrics of the last step, the final test among them
+    assert {("test/accuracy_after", 7), ("test/accuracy_after_ci95", 7), ("train/loss_after", 7)} <= linked
+    assert client.get_run(tracker.run_id).data.tags["metadist.registered_model"] == f"{name}/1"
+
+
+def test_each_checkpoint_is_a_logged_model_with_its_step_metrics(config, client, job, tmp_path):
+    checkpoint = _tiny_checkpoint(tmp_path / "checkpoints")
+    tracker = open_tracker(config.model_copy(update={"log_model": False}), job_name=job.name)
+    tracker.start(job)
+    tracker.log_metrics({"loss_after": 1.0}, step=5)
+    tracker.log_metrics({"val_accuracy_after": 0.55}, step=5)
+    tracker.log_checkpoint(checkpoint, step=5)
+    tracker.log_metrics({"loss_after": 0.5}, step=10)
+    tracker.end()
+
+    (model,) = [m for m in client.search_logged_models([tracker.experiment_id]) if m.source_run_id == tracker.run_id]
+    assert model.name == "checkpoint-5" and model.tags["metadist.step"] == "5"
+    assert {(m.key, m.step, m.value) for m in model.metrics} == {("heldout/accuracy_after", 5, 0.55),
+                                                                  ("train/loss_after", 5, 1.0)}
+    outputs = client.get_run(tracker.run_id).outputs.model_outputs
+    assert [(o.model_id, o.step) for o in outputs] == [(model.model_id, 5)]
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_a_rest_request(config, job, tmp_path):
+    """`mlflow models serve` of a logged model on loopback, asked over REST as docs/serving.md says."""
+    import urllib.request
+
+    checkpoint = _tiny_checkpoint(tmp_path / "checkpoints")
+    tracker = open_tracker(config.model_copy(update={"register_model": False}), job_name=job.name)
+    tracker.start(job)
+    tracker.log_model(checkpoint)
+    tracker.end()
+
+    port = free_port()
+    # MLflow runs `uvicorn` by name: this interpreter's scripts come first on PATH.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": config.uri,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", tracker.model_uri, "--env-manager", "local",
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.5)
+        dark, light = _png(0), _png(200)
+        b64 = lambda images: [base64.b64encode(x).decode() for x in images]  # noqa: E731
+        body = {"dataframe_records": [
+            {"support_images": b64([dark, light]), "support_labels": ["dark", "light"], "query_images": b64([dark, light, dark])},
+        ]}  # fmt: skip
+        request = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)  # its own group: mlflow, and the uvicorn it started
+        proc.wait(timeout=30)
+    (row,) = answer["predictions"]
+    assert len(row["predictions"]) == 3 and set(row["predictions"]) <= {"dark", "light"}
+    assert row["predictions"][0] == row["predictions"][2]
+    assert all(abs(sum(s.values()) - 1.0) < 1e-6 for s in row["scores"])
+
+
 # -- pure parts: no server -------------------------------------------------------------------------------------------
+def test_metric_names_are_grouped_by_prefix():
+    from metadist.tracking.metric_names import mlflow_name, mlflow_names
+
+    assert mlflow_name("loss_after") == "train/loss_after"
+    assert mlflow_names({"lr": 0.002, "val_loss_after": 1.5}) == {"train/lr_milli": 2.0, "heldout/loss_after": 1.5}
+    assert mlflow_name("val_accuracy_after") == "heldout/accuracy_after"
+    assert mlflow_name("test_accuracy_after_ci95") == "test/accuracy_after_ci95"
+    assert mlflow_name("staleness_max") == "distributed/staleness_max"
+    assert mlflow_name("worker/3/tasks_per_s") == "distributed/worker/3/tasks_per_s"
+    assert mlflow_name("system/cpu_utilization_percentage") == "system/cpu_utilization_percentage"
+
+
 def test_null_tracker_records_nothing_and_imports_no_mlflow():
     code = (
         "import sys\n"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from metadist.training import LocalTrainer
@@ -13,24 +15,35 @@ from tests.mlflow_server import mlflow_server  # noqa: F401  (session fixture: a
 def tracked_job(small1_uri, small2_uri, tmp_path, mlflow_server):  # noqa: F811
     def make(*sets):
         return tiny_job(small1_uri, small2_uri, tmp_path, "tracking.enabled=true", f"tracking.uri={mlflow_server}",
-                        "tracking.experiment=trainer-tests", "train.eval_every=2", "train.eval_episodes=4", *sets)
+                        "tracking.experiment=trainer-tests", "train.eval_every=3", "train.eval_episodes=4", *sets)
     return make
 
 
 def test_run_records_config_curves_checkpoints_plot_and_model(tracked_job):
     from mlflow import MlflowClient
 
-    job = tracked_job()
+    job = tracked_job(f"name=tracked-{time.time_ns()}")  # a registered model of its own
     result = LocalTrainer(job, progress=False).run()
     client = MlflowClient(job.tracking.uri)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["algorithm.name"] == "maml" and run.data.params["train.steps"] == "6"
     assert len(run.data.params) == len(job.flat())
-    for key in ("loss_after", "accuracy_after", "accuracy_before", "tasks_per_s"):
+    for key in ("train/loss_after", "train/accuracy_after", "train/accuracy_before", "train/tasks_per_s", "train/lr_milli"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [2, 4, 6], key
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy_after")] == [2, 4]
-    assert "test_accuracy_after" in run.data.metrics and "test_accuracy_after_ci95" in run.data.metrics
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "heldout/accuracy_after")] == [3]
+    assert "test/accuracy_after" in run.data.metrics and "test/accuracy_after_ci95" in run.data.metrics
+    # Every metric sits in a chart section: train/, heldout/, test/ (and system/, MLflow's own, every 10 s).
+    assert {key.split("/")[0] for key in run.data.metrics} - {"system"} == {"train", "heldout", "test"}
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"omniglot-images_background_small1",
+                                                                   "omniglot-images_background_small2"}
+    # A LoggedModel per periodic checkpoint with its step's held-out metrics, the final model with the test's.
+    models = {m.name: m for m in client.search_logged_models([run.info.experiment_id]) if m.source_run_id == result.run_id}
+    assert set(models) == {"checkpoint-3", "model"}
+    assert ("heldout/accuracy_after", 3) in {(m.key, m.step) for m in models["checkpoint-3"].metrics}
+    assert ("test/accuracy_after", 6) in {(m.key, m.step) for m in models["model"].metrics}
+    version = client.get_model_version_by_alias(job.name, "champion")  # registered under the job's name
+    assert version.run_id == result.run_id and version.source == f"models:/{models['model'].model_id}"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"job.yaml", "checkpoints", "plots", "summary.json"} <= artifacts
     checkpoints = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
@@ -50,7 +63,7 @@ def test_resumed_training_continues_the_same_run(tracked_job):
     assert result.run_id == first.run_id
     client = MlflowClient(job.tracking.uri)
     assert client.get_run(result.run_id).info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(result.run_id, "loss_after")] == [1, 2, 4, 6]
+    assert [m.step for m in client.get_metric_history(result.run_id, "train/loss_after")] == [1, 2, 4, 6]
 
 
 def test_a_failing_run_is_marked_failed_and_keeps_its_checkpoints(tracked_job, monkeypatch):

@@ -7,6 +7,7 @@ its own.
 
 from __future__ import annotations
 
+import re
 from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -272,6 +273,26 @@ class TrackingConfig(StrictModel):
         None, description="create the run as a child of this MLflow run (tag mlflow.parentRunId), as `metadist tune` "
         "does for each trial under its search's run; None = a top-level run",
     )
+    log_checkpoint_models: bool = Field(
+        True, description="log each periodic checkpoint too as a pyfunc LoggedModel (its step's held-out metrics linked "
+        "to it; about 1 MB of code plus the checkpoint each, only at checkpoint.every steps)",
+    )
+    register_model: bool = Field(True, description="register the final model in the MLflow Model Registry (with log_model)")
+    registered_model: str | None = Field(
+        None, min_length=1, description="registered model name the final model becomes a version of; None = the job name"
+    )
+    alias: str = Field(
+        "champion", min_length=1, description="registry alias of the best version: moved to the new version only when "
+        "its test accuracy (regression: test loss) beats the current holder's",
+    )
+
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, alias: str) -> str:
+        # MLflow reserves these: "latest" and "v<N>" already name versions.
+        if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+            raise ValueError(f"{alias!r} is reserved by MLflow's Model Registry (latest, v<number>)")
+        return alias
 
 
 class DistributedConfig(StrictModel):

@@ -69,11 +69,16 @@ class ShardSet:
         where = join(self.uri, schema.MANIFEST_NAME)
         with self.fs.open(path, "rb") as f:
             data = f.read()
+        self.manifest_sha256 = hashlib.sha256(data).hexdigest()  # names this exact version of the set (MLflow datasets)
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ShardError(f"{where}: not UTF-8 text ({exc})") from None
         return Manifest.from_json(text, where=where)
+
+    @property
+    def manifest_uri(self) -> str:
+        return join(self.uri, schema.MANIFEST_NAME)
 
     def shard_uri(self, shard: int) -> str:
         return join(self.uri, self.manifest.shards[shard].path)

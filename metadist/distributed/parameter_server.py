@@ -7,6 +7,8 @@ most once. Checkpoints are written here, through fsspec, in the local trainer's 
 
 Exactly once: every apply names its outer step; a step already applied (a driver that retried after losing a
 reply) is answered from the record, never applied again.
+
+Its system metrics go into the driver's MLflow run as system/parameter-server/... (see metadist.tracking.system_metrics).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from metadist.core.checkpoint import load as load_checkpoint
 from metadist.core.checkpoint import save_and_prune
 from metadist.distributed.flat import FlatUpdate, ParamLayout, sum_in_order
 from metadist.runtime import configure_process
+from metadist.tracking.system_metrics import NodeMonitor, SystemMetricsTarget
+
+NODE_ID = "parameter-server"  # its system metrics: system/parameter-server/...
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,7 @@ class ParameterServer:
         self.optimizer = MetaOptimizer(initial, job.optimizer, total_steps=job.train.steps, fixed_lr=self.fixed_lr)
         self.applied = AppliedSteps()
         self.version = 0
+        self.monitor = NodeMonitor(NODE_ID)
         self._publish()
 
     def _publish(self) -> None:
@@ -87,6 +93,12 @@ class ParameterServer:
 
     def current(self) -> ParamsVersion:
         return self._current
+
+    def start_system_metrics(self, target: SystemMetricsTarget | None) -> None:
+        self.monitor.start(target)
+
+    def stop_system_metrics(self) -> None:
+        self.monitor.stop()
 
     def apply(self, step: int, weight: float, *parts: FlatUpdate) -> ApplyReport:
         """Sum `parts` (slice updates, or reducers' partial sums) in the order given, apply the mean as outer step

@@ -20,8 +20,11 @@ from metadist.core import LoopState, ModelSpec
 from metadist.distributed.failures import ParameterServerLost
 from metadist.distributed.parameter_server import ApplyReport, ParameterServer, ParamsVersion
 from metadist.distributed.stats import DistributedStats
+from metadist.tracking.system_metrics import SystemMetricsTarget
 
 log = logging.getLogger(__name__)
+
+METRICS_FLUSH_TIMEOUT_S = 10.0  # at close, how long the server gets to flush its last system metrics to MLflow
 
 
 class ServerClient:
@@ -30,6 +33,7 @@ class ServerClient:
         self.stats = stats
         self.checkpoint_directory = checkpoint_directory
         self.restarts = 0
+        self.system_metrics: SystemMetricsTarget | None = None  # the run the server logs its system metrics into
         self.actor = self._start_actor()
         self.params: ParamsVersion = _get(self.actor.current.remote())
         self.step_count, self.skipped = 0, 0
@@ -44,9 +48,17 @@ class ServerClient:
         # The server lives on the driver's node: losing that node loses the driver anyway, and no other node's
         # loss can take the parameters with it.
         server_class: Any = ray.remote(ParameterServer)  # an actor class: its handles' methods are typed at runtime only
-        return server_class.options(
+        actor = server_class.options(
             num_cpus=0, max_restarts=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
         ).remote(self.job, self.spec.to_dict())
+        if self.system_metrics is not None:
+            actor.start_system_metrics.remote(self.system_metrics)
+        return actor
+
+    def record_system_metrics(self, target: SystemMetricsTarget | None) -> None:
+        """The server (and any restarted one) logs its system metrics into `target`'s run."""
+        self.system_metrics = target
+        self.actor.start_system_metrics.remote(target)
 
     def restart(self, cause: BaseException) -> int:
         """A new server, from the run's last checkpoint; the step the run continues from (the steps between it and
@@ -121,6 +133,8 @@ class ServerClient:
                 self._final_state = _get(self.actor.state.remote())
             except RayActorError:
                 pass  # the server is gone; its last checkpoint holds the state
+        if self.system_metrics is not None:
+            ray.wait([self.actor.stop_system_metrics.remote()], timeout=METRICS_FLUSH_TIMEOUT_S)
         ray.kill(self.actor)
 
 

@@ -52,6 +52,12 @@ class StandInWorker:
         )
         return report, update
 
+    def start_system_metrics(self, target) -> None:
+        """A stand-in logs no system metrics (TaskWorker's interface)."""
+
+    def stop_system_metrics(self) -> None:
+        pass
+
 
 def stand_in_worker(compute_s: float) -> type:
     """A StandInWorker class whose compute takes `compute_s` seconds."""

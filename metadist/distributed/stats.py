@@ -40,7 +40,7 @@ class DistributedStats:
         self.bytes = 0
         self.server_bytes = 0
         self.worker_tasks: Counter = Counter()
-        self.worker_system: dict[int, dict[str, float]] = {}
+        self.worker_placement: dict[int, dict[str, float]] = {}
 
     def outcome(self, reports: list[SliceReport], report: ApplyReport, staleness: int) -> StepOutcome:
         """The applied step as the loop sees it; its before-adaptation metrics only when every slice computed them."""
@@ -52,7 +52,7 @@ class DistributedStats:
             self.slices += 1
             self.prefetched += r.prefetched
             self.worker_tasks[r.worker_id] += r.num_tasks
-            self.worker_system[r.worker_id] = r.system
+            self.worker_placement[r.worker_id] = r.placement
         num_tasks = sum(r.num_tasks for r in reports)
         before = None
         if all(r.before is not None for r in reports):
@@ -79,9 +79,10 @@ class DistributedStats:
             "ps_apply_ms": 1e3 * sum(self.apply_s) / max(len(self.apply_s), 1),
             "ps_round_trip_ms": 1e3 * sum(self.apply_round_trip_s) / max(len(self.apply_round_trip_s), 1),
         }
+        # Each worker's CPU, memory and GPU use are MLflow's system metrics (system/worker-<id>/...), not these.
         for worker_id, tasks in sorted(self.worker_tasks.items()):
             out[f"worker/{worker_id}/tasks_per_s"] = tasks / seconds
-            for k, v in self.worker_system.get(worker_id, {}).items():
+            for k, v in self.worker_placement.get(worker_id, {}).items():
                 out[f"worker/{worker_id}/{k}"] = v
         self._restart_window()
         return out

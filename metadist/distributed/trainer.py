@@ -29,6 +29,7 @@ from metadist.distributed.worker import TaskWorker
 from metadist.distributed.worker_group import WorkerGroup
 from metadist.errors import ConfigError
 from metadist.runtime import configure_process
+from metadist.tracking.system_metrics import SystemMetricsTarget
 from metadist.training.loop import StepOutcome, StepSource, Trainer
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,13 @@ class DistributedSteps(StepSource):
 
     def steps(self, start: int) -> Generator[StepOutcome, None, None]:
         return self.schedule.steps(start)
+
+    def record_system_metrics(self, target: SystemMetricsTarget | None) -> None:
+        """Each task worker and the parameter server log their system metrics into the run, under their node ids."""
+        if self.group is not None:
+            self.group.record_system_metrics(target)
+        if self.server is not None:
+            self.server.record_system_metrics(target)
 
     def log_extras(self) -> dict[str, float]:
         live = len(self.group.live) if self.group else 0

@@ -11,6 +11,9 @@ Two return objects: the driver reads only the report (metrics, timings; a dead w
 update_ref straight to the parameter server, so update tensors go worker → server without passing the driver.
 Parameters arrive as an object-store reference wrapped in a list (so Ray does not resolve it on every call); the
 worker fetches it only when `version` differs from the one it holds: once per version.
+
+Its CPU, memory, disk, network and GPU use go into the driver's MLflow run as system/worker-<id>/... (MLflow's own
+monitor, metadist.tracking.system_metrics), from `start_system_metrics` until `stop_system_metrics`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from metadist.core import ModelSpec, build, make_sampler
 from metadist.data import Lookahead
 from metadist.distributed.flat import FlatUpdate, ParamLayout
 from metadist.runtime import configure_process
+from metadist.tracking.system_metrics import NodeMonitor, SystemMetricsTarget
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,8 @@ class SliceReport:
     fetched_bytes: int  # meta-parameters fetched from the object store for this call (0: cached version)
     prefetched: bool  # its episodes were sampled ahead, while the previous step was being applied
     update_bytes: int  # size of the returned update tensors
-    system: dict[str, float] = field(default_factory=dict)  # rss_mb, cpu_percent, gpus (held), on_cuda (0 or 1)
+    # Where it ran: gpus (held), on_cuda (0 or 1). Its CPU, memory and GPU use are MLflow's system metrics.
+    placement: dict[str, float] = field(default_factory=dict)
 
 
 class TaskWorker:
@@ -68,7 +73,7 @@ class TaskWorker:
         self.params: Params = {}  # of version self.version; none before the first call
         # Keyed by (step, lo, hi): a worker holding several slices of a step keeps a guess for each of them.
         self._lookahead: Lookahead[tuple[int, int, int], object] = Lookahead(lambda key: self._sample(*key))
-        self._process = _process_monitor()
+        self.monitor = NodeMonitor(f"worker-{worker_id}")
 
     def info(self) -> dict:
         """Where this worker runs; the driver waits on it to know the actor is placed and built."""
@@ -100,9 +105,17 @@ class TaskWorker:
         report = SliceReport(
             worker_id=self.worker_id, step=step, lo=lo, hi=hi, version=version, num_tasks=update.num_tasks,
             metrics=dict(update.metrics), before=before, compute_s=done - sampled, sample_s=sampled - start,
-            fetched_bytes=fetched, prefetched=prefetched, update_bytes=flat.nbytes, system={**self._process(), "gpus": float(len(self.gpu_ids)), "on_cuda": float(self.device.type == "cuda")},
+            fetched_bytes=fetched, prefetched=prefetched, update_bytes=flat.nbytes,
+            placement={"gpus": float(len(self.gpu_ids)), "on_cuda": float(self.device.type == "cuda")},
         )
         return report, flat
+
+    def start_system_metrics(self, target: SystemMetricsTarget | None) -> None:
+        """Log this process's system metrics into the driver's run, as system/worker-<id>/..."""
+        self.monitor.start(target)
+
+    def stop_system_metrics(self) -> None:
+        self.monitor.stop()
 
     def _sample(self, step: int, lo: int, hi: int):
         return self.sampler.sample(step, range(lo, hi)).to(self.device)
@@ -122,17 +135,3 @@ def worker_device(configured: str, gpu_ids: list[str], cuda_available: bool) -> 
         raise RuntimeError(f"train.device is {configured!r}, but {why}")
     return torch.device("cpu")
 
-
-def _process_monitor():
-    """rss_mb and cpu_percent of this process since the previous call (psutil; {} without it)."""
-    try:
-        import psutil
-    except ImportError:
-        return dict
-    process = psutil.Process()
-    process.cpu_percent(None)
-
-    def read() -> dict[str, float]:
-        return {"rss_mb": process.memory_info().rss / 2**20, "cpu_percent": process.cpu_percent(None)}
-
-    return read

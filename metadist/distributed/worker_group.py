@@ -23,10 +23,13 @@ from metadist.config import JobConfig
 from metadist.distributed.cluster import ClusterError
 from metadist.distributed.resources import WorkerResources
 from metadist.distributed.worker import TaskWorker
+from metadist.tracking.system_metrics import SystemMetricsTarget
 
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.5  # how often a wait for workers to be placed looks again
+# At shutdown, how long workers get to flush their last system metrics to MLflow before they are killed.
+METRICS_FLUSH_TIMEOUT_S = 10.0
 
 
 def worker_placement() -> Any:
@@ -68,6 +71,7 @@ class WorkerGroup:
         self.pending: dict[int, WorkerSlot] = {}
         self._next_id = 0
         self._actor_class: Any = ray.remote(worker_class)
+        self.system_metrics: SystemMetricsTarget | None = None  # the run each worker logs its system metrics into
 
     # -- membership ------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -85,6 +89,14 @@ class WorkerGroup:
             scheduling_strategy=worker_placement(),
         ).remote(self.job, self.spec, worker_id, self.resources.threads)
         self.pending[worker_id] = WorkerSlot(worker_id, actor, actor.info.remote(), requested_at_s=time.monotonic())
+        if self.system_metrics is not None:
+            actor.start_system_metrics.remote(self.system_metrics)  # runs once the actor is up
+
+    def record_system_metrics(self, target: SystemMetricsTarget | None) -> None:
+        """Every worker, and every one that joins later, logs its system metrics into `target`'s run."""
+        self.system_metrics = target
+        for slot in [*self.live.values(), *self.pending.values()]:
+            slot.actor.start_system_metrics.remote(target)
 
     def poll(self, timeout_s: float = 0.0) -> list[int]:
         """Fold in workers that came up since the last call (waiting up to timeout_s for one); their ids."""
@@ -163,6 +175,9 @@ class WorkerGroup:
         self._spawn()
 
     def shutdown(self) -> None:
+        if self.system_metrics is not None and self.live:  # their last samples, before the processes go
+            ray.wait([slot.actor.stop_system_metrics.remote() for slot in self.live.values()], num_returns=len(self.live),
+                     timeout=METRICS_FLUSH_TIMEOUT_S)
         for slot in [*self.live.values(), *self.pending.values()]:
             ray.kill(slot.actor)
         self.live.clear()

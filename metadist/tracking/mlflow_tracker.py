@@ -1,13 +1,18 @@
-"""The MLflow run of a training job: parameters, tags, metrics, checkpoints, plots, the final model.
+"""The MLflow run of a training job: parameters, tags, datasets, metrics, checkpoints and their models, plots, the
+final model and its registry version.
 
 >>> tracker = open_tracker(job.tracking, job_name=job.name)    # a NullTracker when tracking is disabled
 >>> tracker.start(job)                                          # or start(job, resume_run_id=...) to continue
->>> tracker.log_metrics({"loss_after": 0.41}, step=10)
+>>> tracker.log_metrics({"loss_after": 0.41}, step=10)         # recorded as train/loss_after
 >>> tracker.end("FINISHED")
+
+Metric names: the loop's keys, grouped by prefix for MLflow (metadist.tracking.metric_names). The shard sets are
+the run's dataset inputs (metadist.tracking.datasets). Each periodic checkpoint becomes a LoggedModel with the
+metrics of its step linked, the final one the model `model`, registered with an alias (metadist.tracking.registry).
 
 Every call goes through an `MlflowClient` bound to the resolved URI and the run id, never through MLflow's
 process-wide active run, so trackers in several threads (or Ray actors) do not see each other. The one exception
-is `log_model`: MLflow's model logging reads the process-wide tracking URI, which is set for its duration only,
+is model logging: MLflow's `Model.log` reads the process-wide tracking URI, which is set for its duration only,
 under a lock.
 
 Where the run goes: see metadist.tracking.uri. Artifacts of the local default store go to <cwd>/mlruns/, as MLflow
@@ -25,6 +30,7 @@ import contextlib
 import json
 import logging
 import math
+import shutil
 import ssl
 import tempfile
 import time
@@ -41,11 +47,14 @@ import yaml
 from metadist.config import JobConfig, TrackingConfig
 from metadist.errors import TrackingError
 from metadist.tracking.environment import model_requirements, run_tags
+from metadist.tracking.metric_names import mlflow_names
 from metadist.tracking.redaction import hide_password, redact_job
-from metadist.tracking.system_metrics import start_system_metrics
+from metadist.tracking.system_metrics import SystemMetricsTarget, start_system_metrics
 from metadist.tracking.uri import process_tracking_uri, resolve_tracking_uri
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # metadist/, packaged with every logged model
+# Left out of a logged model's copy of metadist: what loading it never reads (the bundled Omniglot zips, 2.9 MB).
+PACKAGE_LEFT_OUT = ("__pycache__", "*.zip")
 log = logging.getLogger(__name__)
 
 HEALTH_PROBE_TIMEOUT_S = 10.0
@@ -54,6 +63,7 @@ MAX_PARAM_VALUE_CHARS = 6000
 TRUNCATION_MARK = "...[truncated; see job.yaml]"
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 MODEL_NAME = "model"  # runs:/<run id>/model
+CHECKPOINT_MODEL_NAME = "checkpoint-{step}"  # a periodic checkpoint's LoggedModel
 MODEL_TYPE = "metadist-few-shot-classifier"
 PARENT_RUN_TAG = "mlflow.parentRunId"
 
@@ -71,6 +81,7 @@ class Tracker(Protocol):
     run_id: str | None
 
     def start(self, job: JobConfig, *, resume_run_id: str | None = None) -> None: ...
+    def system_metrics_target(self) -> SystemMetricsTarget | None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_checkpoint(self, uri: str, step: int) -> None: ...
     def log_learning_curve(self, history: list[dict]) -> None: ...
@@ -86,6 +97,9 @@ class NullTracker:
 
     def start(self, job: JobConfig, *, resume_run_id: str | None = None) -> None:
         pass
+
+    def system_metrics_target(self) -> SystemMetricsTarget | None:
+        return None
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         pass
@@ -133,6 +147,8 @@ class MlflowTracker:
         self._system_metrics: Any = None
         self._ended = False
         self._last_step = 0  # highest step given to log_metrics: where log_summary puts the final values
+        self._summary: dict[str, float] = {}  # the final metrics (MLflow names), for the registry's comparison
+        self.registration: Any = None  # metadist.tracking.registry.Registration of the final model, once registered
         # On a resumed run: metric key → the last step it was logged at. A run killed without a chance to save (SIGKILL)
         # logged points after its last checkpoint; the resumed run recomputes those steps, and skips logging them again.
         self._logged_through: dict[str, int] = {}
@@ -162,7 +178,7 @@ class MlflowTracker:
                 with contextlib.suppress(MlflowException):
                     self._client.set_terminated(self.run_id, status="FAILED")
             raise TrackingError(f"{self.display_uri}: could not start the MLflow run: {exc.message}") from exc
-        self._system_metrics = start_system_metrics(self._require_run(), self.tracking_uri, resumed=resume_run_id is not None)
+        self._system_metrics = start_system_metrics(self.system_metrics_target(), resumed=resume_run_id is not None)
         log.info("MLflow run %s in experiment %r at %s", self.run_id, self.config.experiment, self.display_uri)
 
     def _create(self, job: JobConfig) -> None:
@@ -176,6 +192,18 @@ class MlflowTracker:
         self.run_id = run.info.run_id
         self._log_params(job.flat())
         self._client.log_text(self.run_id, job_yaml(job), "job.yaml")
+        self._log_datasets(job)
+
+    def _log_datasets(self, job: JobConfig) -> None:
+        from metadist.tracking.datasets import dataset_inputs, shard_datasets
+
+        inputs = dataset_inputs(shard_datasets(job))
+        if inputs:
+            self._client.log_inputs(self.run_id, datasets=inputs)
+
+    def system_metrics_target(self) -> SystemMetricsTarget | None:
+        """Where the system metrics of this run go, for a monitor in any process (a task worker, the server)."""
+        return SystemMetricsTarget.from_env(self.tracking_uri, self._require_run())
 
     def _resume(self, run_id: str, job: JobConfig) -> None:
         """Continue run `run_id`: status back to RUNNING, new params added, changed ones reported."""
@@ -249,12 +277,13 @@ class MlflowTracker:
 
     # -- logging -----------------------------------------------------------------------------------------------------
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Metrics at an outer step, in one request. Values are converted with float() (numpy, 0-d tensors)."""
+        """Metrics at an outer step, in one request, under their MLflow names (train/loss_after ...). Values are
+        converted with float() (numpy, 0-d tensors)."""
         from mlflow.entities import Metric
 
         run_id = self._require_run()
         timestamp_ms = int(time.time() * 1000)
-        entries = [Metric(key, float(value), timestamp_ms, int(step)) for key, value in metrics.items()
+        entries = [Metric(key, float(value), timestamp_ms, int(step)) for key, value in mlflow_names(metrics).items()
                    if int(step) > self._logged_through.get(key, -1)]
         if entries:
             with self._failing_as_tracking_error("log metrics"):
@@ -262,10 +291,19 @@ class MlflowTracker:
         self._last_step = max(self._last_step, int(step))
 
     def log_checkpoint(self, uri: str, step: int) -> None:
-        """Upload a checkpoint file (or directory; any fsspec URI) under `checkpoints/`; tags the run with the newest."""
+        """Upload a checkpoint file (or directory; any fsspec URI) under `checkpoints/`; tags the run with the newest.
+
+        With tracking.log_checkpoint_models, a checkpoint file also becomes a pyfunc LoggedModel named
+        checkpoint-<step>, with the metrics logged at its step (train/..., and heldout/... when an evaluation fell on
+        it) linked to it. Not the final step's: with log_model, the final model stands for it.
+        """
         run_id = self._require_run()
         with local_copy(uri) as local:
             self._upload_checkpoint(run_id, uri, Path(local), step)
+            config = self.config
+            final = config.log_model and int(step) >= self._job.train.steps
+            if config.log_checkpoint_models and Path(local).is_file() and not final:
+                self._log_pyfunc(local, CHECKPOINT_MODEL_NAME.format(step=int(step)), step=int(step))
 
     def _upload_checkpoint(self, run_id: str, uri: str, path: Path, step: int) -> None:
         if not path.exists():
@@ -292,7 +330,8 @@ class MlflowTracker:
                 self._client.log_artifact(run_id, str(png), "plots")
 
     def log_summary(self, metrics: dict[str, float]) -> None:
-        """Final metrics: logged as metrics and as `summary.json` (non-finite values are null there: JSON has no NaN).
+        """Final metrics (MLflow names): logged as metrics and as `summary.json` (non-finite values are null there:
+        JSON has no NaN).
 
         The metrics go in at the last step logged so far (0 if none): MLflow shows a key's value at its highest
         step, so a summary key that is also a training metric (skipped_updates) shows its final value, and
@@ -302,7 +341,8 @@ class MlflowTracker:
 
         run_id = self._require_run()
         timestamp_ms = int(time.time() * 1000)
-        values = {key: float(value) for key, value in metrics.items()}
+        values = mlflow_names(metrics)
+        self._summary.update(values)
         with self._failing_as_tracking_error("log the summary"):
             entries = [Metric(k, v, timestamp_ms, self._last_step) for k, v in values.items()]
             self._client.log_batch(run_id, metrics=entries)
@@ -310,12 +350,30 @@ class MlflowTracker:
             self._client.log_text(run_id, json.dumps(summary, indent=2, sort_keys=True) + "\n", "summary.json")
 
     def log_model(self, checkpoint_uri: str) -> None:
-        """Log the final checkpoint as the MLflow pyfunc `model` (see metadist.tracking.pyfunc_model).
+        """Log the final checkpoint as the MLflow pyfunc `model` (see metadist.tracking.pyfunc_model), at the last
+        step (so the final test/... metrics are linked to it), and register it (tracking.register_model).
 
-        The model holds the checkpoint, the metadist package (code_paths), explicit pip requirements (no
-        requirement inference, which would import the model and may query package indexes) and no pickle: the
-        Python model is "models from code", a two-line script that builds FewShotPyfunc at load time.
-        Loading it: mlflow.pyfunc.load_model(tracker.model_uri) or f"runs:/{run_id}/model".
+        Loading it: mlflow.pyfunc.load_model(tracker.model_uri) or f"runs:/{run_id}/model", or, registered,
+        "models:/<registered model>@champion".
+        """
+        run_id = self._require_run()
+        with local_copy(checkpoint_uri) as path:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"{checkpoint_uri}: no such checkpoint file to log as the model")
+            info = self._log_pyfunc(path, MODEL_NAME, step=self._last_step)
+        with self._failing_as_tracking_error("tag the model"):
+            self._client.set_tag(run_id, "metadist.model_uri", info.model_uri)
+        self.model_uri = info.model_uri
+        if self.config.register_model:
+            self._register(info)
+
+    def _log_pyfunc(self, path: str, name: str, *, step: int) -> Any:
+        """The checkpoint file at `path` as a pyfunc LoggedModel of this run at `step`; its ModelInfo.
+
+        The model holds the checkpoint, the metadist package (code_paths, less PACKAGE_LEFT_OUT), explicit pip
+        requirements (no requirement inference, which would import the model and may query package indexes) and no
+        pickle: the Python model is "models from code", a two-line script that builds FewShotPyfunc at load time.
+        MLflow links the run's metrics logged at `step` to the model.
         """
         import mlflow
         from mlflow.models import Model
@@ -324,38 +382,50 @@ class MlflowTracker:
 
         run_id = self._require_run()
         with (
-            local_copy(checkpoint_uri) as path,
             tempfile.TemporaryDirectory(prefix="metadist-model-") as tmp,
-            self._failing_as_tracking_error("log the model"),
+            self._failing_as_tracking_error(f"log the model {name}"),
             process_tracking_uri(self.tracking_uri),
             warnings.catch_warnings(),
         ):
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"{checkpoint_uri}: no such checkpoint file to log as the model")
             # No input example on purpose: validating one would load the checkpoint and run the network.
             warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
             entry = Path(tmp) / "fewshot_model.py"
             entry.write_text(ENTRY_SCRIPT)
+            code = Path(tmp) / "code" / PACKAGE_DIR.name
+            shutil.copytree(PACKAGE_DIR, code, ignore=shutil.ignore_patterns(*PACKAGE_LEFT_OUT))
             # Created here, in the run's experiment: left to Model.log, it would land in the process's active
             # (or the default) experiment, where `runs:/<run id>/model` does not find it.
             logged = self._client.create_logged_model(
-                self.experiment_id, name=MODEL_NAME, source_run_id=run_id, model_type=MODEL_TYPE,
-                params={k: _param_value(v) for k, v in self._job.flat().items()}, tags=run_tags(self._job),
+                self.experiment_id, name=name, source_run_id=run_id, model_type=MODEL_TYPE,
+                params={k: _param_value(v) for k, v in self._job.flat().items()},
+                tags={**run_tags(self._job), "metadist.step": str(step)},
             )
-            info = Model.log(
+            return Model.log(
                 artifact_path=None,  # deprecated in MLflow 3 in favour of name, but still a required argument
-                name=MODEL_NAME,
+                name=name,
                 model_id=logged.model_id,
                 flavor=mlflow.pyfunc,
                 run_id=run_id,
+                step=step,
                 python_model=str(entry),
                 artifacts={ARTIFACT_KEY: path},
-                code_paths=[str(PACKAGE_DIR)],
+                code_paths=[str(code)],
                 pip_requirements=model_requirements(),
                 signature=signature(),
             )
-            self._client.set_tag(run_id, "metadist.model_uri", info.model_uri)
-        self.model_uri = info.model_uri
+
+    def _register(self, info: Any) -> None:
+        from metadist.tracking.registry import register, score_of
+
+        config = self.config
+        with self._failing_as_tracking_error("register the model"):
+            self.registration = register(
+                self._client, name=config.registered_model or self.job_name, alias=config.alias,
+                model_uri=info.model_uri, run_id=self._require_run(), model_id=info.model_id,
+                score=score_of(self._summary),
+            )
+        self._client.set_tag(self.run_id, "metadist.registered_model",
+                             f"{self.registration.name}/{self.registration.version}")
 
     # -- helpers -----------------------------------------------------------------------------------------------------
     def _require_run(self) -> str:

@@ -100,10 +100,10 @@ def log_search_summary(parent: ParentRun, metrics: dict[str, float], summary: di
             client.log_text(parent.run_id, text, name)
 
 
-def register_model(tracking_uri: str, run_id: str, name: str) -> str:
-    """Register the model that run `run_id` logged (its `metadist.model_uri` tag) as a new version of `name`;
-    returns the version."""
-    from mlflow.exceptions import MlflowException
+def register_model(tracking_uri: str, run_id: str, name: str, *, alias: str) -> str:
+    """Register the model that run `run_id` logged (its `metadist.model_uri` tag) as a new version of `name`, moving
+    `alias` to it when its test score beats the holder's (metadist.tracking.registry); returns the version."""
+    from metadist.tracking.registry import register, score_of
 
     client = _client(tracking_uri)
     with _as_tracking_error(tracking_uri, f"register the model of run {run_id} as {name!r}"):
@@ -112,12 +112,8 @@ def register_model(tracking_uri: str, run_id: str, name: str) -> str:
         if model_uri is None:
             raise TrackingError(f"{hide_password(tracking_uri)}: run {run_id} logged no model (tracking.log_model is "
                                 "false?); nothing to register")
-        try:
-            client.create_registered_model(name)
-        except MlflowException as exc:  # already there: this is a new version of it
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
         model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/") else None
-        version = client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id)
-        client.set_tag(run_id, "metadist.registered_model", f"{name}/{version.version}")
-    return str(version.version)
+        registration = register(client, name=name, alias=alias, model_uri=model_uri, run_id=run_id, model_id=model_id,
+                                score=score_of(run.data.metrics))
+        client.set_tag(run_id, "metadist.registered_model", f"{name}/{registration.version}")
+    return registration.version

@@ -37,6 +37,7 @@ from metadist.training.progress import MetricsWindow, ProgressDisplay
 
 if TYPE_CHECKING:
     from metadist.tracking import Tracker
+    from metadist.tracking.system_metrics import SystemMetricsTarget
 
 log = logging.getLogger("metadist.training")
 
@@ -129,6 +130,10 @@ class StepSource(ABC):
 
     def close(self) -> None:  # noqa: B027 - a hook: the local source releases nothing
         """Release what `start` acquired; called once, when the run ends, whatever the outcome."""
+
+    def record_system_metrics(self, target: SystemMetricsTarget | None) -> None:  # noqa: B027 - a hook, as `start`
+        """Have the processes this source started log their system metrics into the run `target` names (None: the
+        run is not tracked); called once the run has started. The local source started none."""
 
     def save_checkpoint(self, step: int, loop: LoopState, directory: str, keep: int) -> str:
         """Write the run's checkpoint at `step` into `directory`, keep the newest `keep` there; its URI. A source
@@ -234,6 +239,7 @@ class Trainer:
                 self.source.start()
                 tracker.start(job, resume_run_id=self.run_id)
                 self.loop_state.mlflow_run_id = tracker.run_id
+                self.source.record_system_metrics(tracker.system_metrics_target())
                 try:
                     result = self._loop(tracker)
                 except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (metadist.runtime.Terminated)

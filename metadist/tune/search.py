@@ -234,9 +234,10 @@ def _record_on_parent(parent, outcome: SearchOutcome, job: JobConfig, settings: 
     from metadist.tracking.parent_runs import end_run, log_search_summary, register_model
 
     best = outcome.best
-    if best is not None and best.run_id and job.tracking.log_model:
-        name = settings.model_name or job.name
-        outcome.registered_model = f"{name}/{register_model(parent.tracking_uri, best.run_id, name)}"
+    if best is not None and best.run_id and job.tracking.log_model and job.tracking.register_model:
+        name = settings.model_name or job.tracking.registered_model or job.name
+        version = register_model(parent.tracking_uri, best.run_id, name, alias=job.tracking.alias)
+        outcome.registered_model = f"{name}/{version}"
     metrics = {f"trials_{s}": float(sum(t.status == s for t in outcome.trials)) for s in ("finished", "stopped", "error")}
     if best is not None and best.value is not None:
         metrics[f"best_{outcome.metric}"] = best.value

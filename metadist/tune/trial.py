@@ -58,6 +58,7 @@ class TrialPlan:
                 f"tracking.uri={json.dumps(self.tracking_uri)}",
                 f"tracking.parent_run_id={json.dumps(self.parent_run_id)}",
                 f"tracking.run_name={json.dumps(f'{base.tracking.run_name or base.name}-{trial_id}')}",
+                "tracking.register_model=false",  # the search registers its best trial's model, not every trial's
             ]
         return apply_overrides(base, self.space.overrides(sampled) + extra)
 
