@@ -56,6 +56,9 @@ def start_system_metrics(target: SystemMetricsTarget | None, *, node_id: str | N
         return None
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+    # Its INFO lines (started, GPU metrics skipped, terminated) would reach the driver's terminal from every task
+    # worker and the parameter server through Ray's log forwarding, on every start and restart.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     monitor = SystemMetricsMonitor(target.run_id, sampling_interval=target.sampling_interval_s, node_id=node_id,
                                    resume_logging=resumed, tracking_uri=target.tracking_uri)
     monitor.start()
