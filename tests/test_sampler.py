@@ -356,16 +356,22 @@ def test_sources_of_different_example_shapes_are_refused_naming_both(small1_uri,
         model_spec(job)
 
 
-def test_training_from_two_sources(small1_uri, tmp_path):
+def test_training_from_two_sources(small1_uri, tmp_path, capsys):
+    from metadist.cli import main
     from metadist.core import checkpoint as ckpt_io
     from metadist.training import LocalTrainer
-    from tests.helpers import tiny_job
+    from tests.helpers import assert_one_line_error, tiny_job
 
     sources = (f"data.train=[{{uri: '{small1_uri}', weight: 3, split: {{groups: [Korean, Latin]}}}}, "
                f"{{uri: '{small1_uri}', split: {{groups: [Balinese, Greek]}}}}]")
-    job = tiny_job(small1_uri, small1_uri, tmp_path, sources, "data.test.split.groups=[Early_Aramaic]", "train.steps=2",
-                   "train.final_eval_episodes=4", "checkpoint.every=0")
+    job = tiny_job(small1_uri, small1_uri, tmp_path, sources, "data.test=null", "train.steps=2", "checkpoint.every=0")
     result = LocalTrainer(job, progress=False).run()
     saved = ckpt_io.load(result.checkpoint_uri)
     assert saved.step == 2 and saved.job == job and saved.model_spec.input_shape == (1, 28, 28)
-    assert all(np.isfinite(e.mean) for e in result.test.values())
+    assert all(torch.isfinite(v).all() for v in saved.meta_params.values())
+    # Without a test set, `eval` cannot guess which of the training sources to measure on; --data tells it.
+    capsys.readouterr()
+    assert_one_line_error(main(["eval", "--checkpoint", result.checkpoint_uri, "--groups", "Early_Aramaic"]),
+                          capsys.readouterr().err, "data.train has 2 sources", "--data")
+    assert main(["eval", "--checkpoint", result.checkpoint_uri, "--data", small1_uri, "--groups", "Early_Aramaic",
+                 "--episodes", "4", "--json"]) == 0
