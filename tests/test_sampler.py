@@ -1,4 +1,4 @@
-"""EpisodeSampler: shapes, labels, determinism, splits, rotations, cache budget."""
+"""EpisodeSampler: shapes, labels, determinism, splits, rotations, cache budget; several weighted training sources."""
 
 from __future__ import annotations
 
@@ -265,6 +265,7 @@ def _two_sources(small1_uri, *extra: str):
 def test_data_train_takes_one_source_or_a_weighted_list(small1_uri):
     from metadist.config import JobConfig, TaskSourceConfig, WeightedSourceConfig, apply_overrides
     from metadist.errors import ConfigError
+    from metadist.tracking.environment import run_tags
 
     one = JobConfig()
     assert isinstance(one.data.train, TaskSourceConfig) and one.data.train_sources == [(one.data.train, 1.0)]
@@ -273,6 +274,7 @@ def test_data_train_takes_one_source_or_a_weighted_list(small1_uri):
     # Numbered keys: in MLflow params, and for --set into one source.
     assert two.flat()["data.train.0.weight"] == "3.0" and two.flat()["data.train.1.split.groups"] == "['Balinese', 'Greek']"
     assert apply_overrides(two, ["data.train.1.weight=2"]).data.train_sources[1][1] == 2.0
+    assert run_tags(two)["metadist.dataset"] == f"{small1_uri} (weight 3); {small1_uri} (weight 1)"
     for bad, expected in [
         ("data.train.0.weight=0", "data.train.0.weight: Input should be greater than 0"),
         ("data.train.0.weight=.inf", "data.train.0.weight: Input should be a finite number"),
