@@ -1,6 +1,9 @@
-"""EpisodeSampler: shapes, labels, determinism, splits, rotations, cache budget."""
+"""EpisodeSampler: shapes, labels, determinism, splits, rotations, cache budget; several weighted training sources."""
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -247,3 +250,130 @@ def test_held_out_episodes_refuse_augmentation():
         DataConfig(test_episode=EpisodeConfig(shift=1))
     with pytest.raises(ValidationError, match="test_episode.affine"):
         DataConfig(test_episode=EpisodeConfig(affine={"degrees": 5}))
+
+
+# -- several weighted training sources -------------------------------------------------------------------------------
+def _two_sources(small1_uri, *extra: str):
+    """A job whose data.train is small1 split by alphabet into two sources, weighted 3 : 1."""
+    from tests.helpers import tiny_job
+
+    sources = (f"data.train=[{{uri: '{small1_uri}', weight: 3, split: {{groups: [Korean, Latin]}}}}, "
+               f"{{uri: '{small1_uri}', split: {{groups: [Balinese, Greek]}}}}]")
+    return tiny_job(small1_uri, small1_uri, Path("unused"), sources, *extra)
+
+
+def test_data_train_takes_one_source_or_a_weighted_list(small1_uri):
+    from metadist.config import JobConfig, TaskSourceConfig, WeightedSourceConfig, apply_overrides
+    from metadist.errors import ConfigError
+    from metadist.tracking.environment import run_tags
+
+    one = JobConfig()
+    assert isinstance(one.data.train, TaskSourceConfig) and one.data.train_sources == [(one.data.train, 1.0)]
+    two = _two_sources(small1_uri)
+    assert [w for _, w in two.data.train_sources] == [3.0, 1.0] and isinstance(two.data.train[1], WeightedSourceConfig)
+    # Numbered keys: in MLflow params, and for --set into one source.
+    assert two.flat()["data.train.0.weight"] == "3.0" and two.flat()["data.train.1.split.groups"] == "['Balinese', 'Greek']"
+    assert apply_overrides(two, ["data.train.1.weight=2"]).data.train_sources[1][1] == 2.0
+    assert run_tags(two)["metadist.dataset"] == f"{small1_uri} (weight 3); {small1_uri} (weight 1)"
+    for bad, expected in [
+        ("data.train.0.weight=0", "data.train.0.weight: Input should be greater than 0"),
+        ("data.train.0.weight=.inf", "data.train.0.weight: Input should be a finite number"),
+        ("data.train=[]", "train is an empty list"),
+        ("data.train.5.weight=1", "data.train is a list of 2; '5' is not one of its indices"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            apply_overrides(two, [bad])
+    with pytest.raises(ConfigError, match=re.escape("data.train.weight: Extra inputs are not permitted")):
+        apply_overrides(one, ["data.train.weight=2"])  # a weight belongs to a source of a list
+
+
+def test_multi_source_episodes_are_the_same_however_the_tasks_are_sliced(small1_uri):
+    from metadist.core import make_sampler
+    from metadist.data import MultiSourceSampler
+
+    sampler = make_sampler(_two_sources(small1_uri), "train", progress=False)
+    assert isinstance(sampler, MultiSourceSampler)
+    whole = sampler.sample(3, range(16))
+    assert set(whole.source_index.tolist()) == {0, 1}  # this batch mixes the sources: both are stacked into one
+    halves = [sampler.sample(3, range(0, 8)), sampler.sample(3, range(8, 16))]
+    fresh = make_sampler(_two_sources(small1_uri), "train", progress=False)  # another process, another worker
+    backwards = [fresh.sample(3, [t]) for t in reversed(range(16))][::-1]
+    for name in ("support_x", "support_y", "query_x", "query_y", "class_index", "quarter_turns", "mirrored",
+                 "task_indices", "source_index"):
+        assert torch.equal(getattr(whole, name), torch.cat([getattr(h, name) for h in halves])), name
+        assert torch.equal(getattr(whole, name), torch.cat([getattr(b, name) for b in backwards])), name
+    # An episode from source i is exactly source i's own episode for (seed, step, task), and from its classes.
+    groups = [{"Korean", "Latin"}, {"Balinese", "Greek"}]
+    manifest = sampler.shards.manifest
+    for t in range(16):
+        i = int(whole.source_index[t])
+        alone = sampler.samplers[i].sample(3, [t])
+        assert torch.equal(alone.support_x[0], whole.support_x[t]) and torch.equal(alone.query_x[0], whole.query_x[t])
+        assert {manifest.classes[c].group for c in whole.class_index[t].tolist()} <= groups[i]
+
+
+def test_multi_source_episodes_mix_sources_in_the_weights_proportions(small1_uri):
+    from metadist.core import make_sampler
+
+    sampler = make_sampler(_two_sources(small1_uri), "train", progress=False)
+    n, p = 2000, 0.75  # weights 3 : 1
+    # The draw alone (no pixels), and through sample() for a few steps: the batch says the same.
+    drawn = np.concatenate([sampler.sources(step, range(100)) for step in range(n // 100)])
+    assert np.array_equal(drawn[:32], sampler.sample(0, range(32)).source_index.numpy())
+    # Within 4 binomial standard deviations of n·p (sqrt(2000 · 0.75 · 0.25) = 19.4 episodes): a false alarm is a
+    # 1-in-15,000 event, and the draw is deterministic, so this test never flickers.
+    bound = 4 * np.sqrt(n * p * (1 - p))
+    assert abs(int((drawn == 0).sum()) - n * p) < bound
+    assert abs(int((drawn == 1).sum()) - n * (1 - p)) < bound
+
+
+def test_a_single_source_in_a_list_is_the_single_source(small1_uri):
+    from metadist.core import make_sampler
+    from metadist.data import EpisodeSampler
+    from tests.helpers import tiny_job
+
+    plain = make_sampler(tiny_job(small1_uri, small1_uri, Path("unused")), "train", progress=False)
+    listed = make_sampler(tiny_job(small1_uri, small1_uri, Path("unused"), f"data.train=[{{uri: '{small1_uri}', weight: 7}}]"),
+                          "train", progress=False)
+    assert isinstance(listed, EpisodeSampler)
+    a, b = plain.sample(0, range(4)), listed.sample(0, range(4))
+    assert torch.equal(a.support_x, b.support_x) and (b.source_index == 0).all()
+
+
+def test_sources_of_different_example_shapes_are_refused_naming_both(small1_uri, tmp_path):
+    from metadist.core import make_sampler, model_spec
+    from metadist.data import ShardSetWriter
+    from metadist.errors import EpisodeError
+
+    rgb = str(tmp_path / "rgb")
+    with ShardSetWriter(rgb, dataset={"name": "toy"}, preprocessing={"mode": "RGB", "size": [8, 8], "resample": "box",
+                        "invert": False}, example_shape=(3, 8, 8)) as writer:
+        for c in range(6):
+            writer.add_class(f"g/c{c}", "g", [np.full((3, 8, 8), c, np.uint8)] * 8, ["x"] * 8)
+    job = _two_sources(small1_uri, f"data.train=[{{uri: '{small1_uri}'}}, {{uri: '{rgb}'}}]")
+    expected = f"data.train[0] ({small1_uri}) has example shape [1, 28, 28] but data.train[1] ({rgb}) has [3, 8, 8]"
+    with pytest.raises(EpisodeError, match=re.escape(expected)):
+        make_sampler(job, "train", progress=False)
+    with pytest.raises(EpisodeError, match=re.escape(expected)):
+        model_spec(job)
+
+
+def test_training_from_two_sources(small1_uri, tmp_path, capsys):
+    from metadist.cli import main
+    from metadist.core import checkpoint as ckpt_io
+    from metadist.training import LocalTrainer
+    from tests.helpers import assert_one_line_error, tiny_job
+
+    sources = (f"data.train=[{{uri: '{small1_uri}', weight: 3, split: {{groups: [Korean, Latin]}}}}, "
+               f"{{uri: '{small1_uri}', split: {{groups: [Balinese, Greek]}}}}]")
+    job = tiny_job(small1_uri, small1_uri, tmp_path, sources, "data.test=null", "train.steps=2", "checkpoint.every=0")
+    result = LocalTrainer(job, progress=False).run()
+    saved = ckpt_io.load(result.checkpoint_uri)
+    assert saved.step == 2 and saved.job == job and saved.model_spec.input_shape == (1, 28, 28)
+    assert all(torch.isfinite(v).all() for v in saved.meta_params.values())
+    # Without a test set, `eval` cannot guess which of the training sources to measure on; --data tells it.
+    capsys.readouterr()
+    assert_one_line_error(main(["eval", "--checkpoint", result.checkpoint_uri, "--groups", "Early_Aramaic"]),
+                          capsys.readouterr().err, "data.train has 2 sources", "--data")
+    assert main(["eval", "--checkpoint", result.checkpoint_uri, "--data", small1_uri, "--groups", "Early_Aramaic",
+                 "--episodes", "4", "--json"]) == 0

@@ -504,6 +504,13 @@ def test_credentials_are_redacted():
     assert flat["data.train.storage_options.client_kwargs.region_name"] == "eu"
     assert "AKIA123" not in str(redact_job(job).model_dump()) and redact_job(JobConfig()) == JobConfig()
 
+    # Each of several training sources is scrubbed too, and its params are numbered.
+    listed = JobConfig.model_validate({**JobConfig().model_dump(), "data": {"train": [
+        {"uri": "s3://bucket/a", "weight": 3}, {**secret_source.model_dump(), "weight": 1}]}})
+    flat = redact_job(listed).flat()
+    assert flat["data.train.1.storage_options.secret"] == REDACTED and flat["data.train.0.weight"] == "3.0"
+    assert "s3cr3t" not in str(redact_job(listed).model_dump())
+
     with_password = JobConfig(tracking=TrackingConfig(uri="https://me:pw@mlflow.example.com/x"))
     assert redact_job(with_password).tracking.uri == f"https://me:{REDACTED}@mlflow.example.com/x"
     assert open_tracker(with_password.tracking, job_name="j").display_uri == f"https://me:{REDACTED}@mlflow.example.com/x"

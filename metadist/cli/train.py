@@ -68,6 +68,18 @@ def _train(args) -> int:
 
 
 # -- eval ------------------------------------------------------------------------------------------------------------
+def _one_train_source(job, what: str):
+    """The training source that evaluation falls back on when the job has no test set: there must be only one."""
+    from metadist.config import TaskSourceConfig, WeightedSourceConfig
+
+    sources = job.data.train_sources  # validated: classification names its training shards
+    if len(sources) > 1:
+        raise ConfigError(f"{what}: data.train has {len(sources)} sources, so which to evaluate on is unclear; "
+                          "name the shard set with --data")
+    source = sources[0][0]
+    return TaskSourceConfig(**source.model_dump(exclude={"weight"})) if isinstance(source, WeightedSourceConfig) else source
+
+
 def _eval(args) -> int:
     from metadist.config import apply_flags
     from metadist.core import build, make_sampler, resolve_device
@@ -76,8 +88,11 @@ def _eval(args) -> int:
 
     saved = ckpt_io.load(args.checkpoint)
     job = saved.job
-    if job.data.regression is None and job.data.test is None and (args.data or args.groups):
-        job = job.model_copy(update={"data": job.data.model_copy(update={"test": job.data.train})})  # as measured
+    # No test set: measure on the training shards (their storage options kept), unless --data names other shards.
+    if job.data.regression is None and job.data.test is None and (args.data or args.groups) and not (
+        args.data and len(job.data.train_sources) > 1
+    ):
+        job = job.model_copy(update={"data": job.data.model_copy(update={"test": _one_train_source(job, "--groups")})})
     # The flags are job settings: the job model validates them, as it does a job file or --set.
     job = apply_flags(job, {
         "--episodes": ("train.final_eval_episodes", args.episodes),
@@ -91,8 +106,7 @@ def _eval(args) -> int:
     })  # fmt: skip
     source, episode = None, None
     if job.data.regression is None:
-        source = job.data.test or job.data.train
-        assert source is not None  # validated: classification names its training shards
+        source = job.data.test or _one_train_source(job, "a job without data.test")
         episode = job.data.test_episode
         if saved.model_spec.outputs is not None and episode.ways > saved.model_spec.outputs:
             raise ConfigError(f"--ways {episode.ways}: the checkpoint's head has {saved.model_spec.outputs} outputs")

@@ -10,6 +10,7 @@ from metadist.config.job import (
     METRIC_ALGORITHMS,
     SMALL2_NEW_ALPHABETS,
     STALE_POLICIES,
+    TRAIN_SOURCE_TAGS,
     AffineJitterConfig,
     AlgorithmConfig,
     CheckpointConfig,
@@ -24,6 +25,7 @@ from metadist.config.job import (
     TaskSourceConfig,
     TrackingConfig,
     TrainConfig,
+    WeightedSourceConfig,
 )
 from metadist.config.loading import (
     apply_flags,
@@ -38,9 +40,9 @@ from metadist.config.loading import (
 
 __all__ = [
     "ALGORITHMS", "DEFAULT_CACHE_MB", "DEFAULT_CHECKPOINT_DIR", "DEFAULT_MAX_OPEN_SHARDS", "DEFAULT_VERIFY_CHECKSUMS",
-    "DISTRIBUTED_MODES", "METRIC_ALGORITHMS", "SMALL2_NEW_ALPHABETS", "STALE_POLICIES",
+    "DISTRIBUTED_MODES", "METRIC_ALGORITHMS", "SMALL2_NEW_ALPHABETS", "STALE_POLICIES", "TRAIN_SOURCE_TAGS",
     "AffineJitterConfig", "AlgorithmConfig", "CheckpointConfig", "DataConfig", "DistributedConfig", "EpisodeConfig",
     "JobConfig", "ModelConfig", "OptimizerConfig", "RegressionConfig", "SplitConfig", "TaskSourceConfig", "TrackingConfig",
     "TrainConfig", "apply_flags", "apply_overrides", "load_job", "load_job_with", "read_mapping", "set_dotted", "validate",
-    "validation_message",
+    "validation_message", "WeightedSourceConfig",
 ]  # fmt: skip

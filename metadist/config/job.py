@@ -8,9 +8,9 @@ its own.
 from __future__ import annotations
 
 import re
-from typing import Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 # Choice fields are Literals: pydantic names the field and lists the allowed values when a job file gets one wrong.
 RegressionFamily = Literal["sinusoid", "linear"]
@@ -112,6 +112,33 @@ class TaskSourceConfig(StrictModel):
     storage_options: dict = Field(default_factory=dict, description="fsspec options (endpoint_url, key ...)")
 
 
+class WeightedSourceConfig(TaskSourceConfig):
+    """One of several training sources (`data.train` as a list): a shard set, its split, and its share of episodes."""
+
+    weight: float = Field(
+        1.0, gt=0, description="relative share of training episodes drawn from this source: weights 3 and 1 give 75% "
+        "and 25%; they need not sum to 1",
+    )
+
+
+# The tags `data.train` is told apart by (a mapping: one source; a list: weighted sources). pydantic puts the tag into
+# an error's location; config.loading leaves it out, so an error reads `data.train.0.weight`, not `data.train.sources.0.weight`.
+ONE_SOURCE_TAG, SOURCES_TAG = "source", "sources"
+TRAIN_SOURCE_TAGS: tuple[str, ...] = (ONE_SOURCE_TAG, SOURCES_TAG)
+
+
+def _train_kind(value: Any) -> str:
+    return SOURCES_TAG if isinstance(value, (list, tuple)) else ONE_SOURCE_TAG
+
+
+# One source (a mapping, as every single-source job writes it) or a weighted list; told apart by the value's type, so
+# an error names only the form that was given.
+TrainSources = Annotated[
+    Annotated[TaskSourceConfig, Tag(ONE_SOURCE_TAG)] | Annotated[list[WeightedSourceConfig], Tag(SOURCES_TAG)],
+    Discriminator(_train_kind),
+]
+
+
 class RegressionConfig(StrictModel):
     """A generated regression task family, sampled on the fly (no shards)."""
 
@@ -188,9 +215,11 @@ class OptimizerConfig(StrictModel):
 class DataConfig(StrictModel):
     """Where tasks come from: shard sets for classification, or a generated family for regression."""
 
-    train: TaskSourceConfig | None = Field(
+    train: TrainSources | None = Field(
         default_factory=lambda: TaskSourceConfig(uri="bundled://omniglot-small1"),
-        description="meta-training tasks (classification); None with `regression` set",
+        description="meta-training tasks (classification): one source, or a list of sources each with a `weight`; "
+        "each episode comes from one source, drawn by weight. All sources must share the example shape and "
+        "preprocessing (the model is built for one input). None with `regression` set",
     )
     test: TaskSourceConfig | None = Field(
         default_factory=lambda: TaskSourceConfig(
@@ -220,10 +249,21 @@ class DataConfig(StrictModel):
     def kind(self) -> str:
         return "regression" if self.regression is not None else "classification"
 
+    @property
+    def train_sources(self) -> list[tuple[TaskSourceConfig, float]]:
+        """The training sources with their weights: one source has weight 1; [] for a regression job."""
+        if self.train is None:
+            return []
+        if isinstance(self.train, list):
+            return [(source, source.weight) for source in self.train]
+        return [(self.train, 1.0)]
+
     @model_validator(mode="after")
     def _sources(self) -> "DataConfig":
         if self.regression is None and self.train is None:
             raise ValueError("train must name a shard set (or set regression for a generated task family)")
+        if isinstance(self.train, list) and not self.train:
+            raise ValueError("train is an empty list: name at least one source ({uri: ..., weight: ...})")
         if self.test_episode.shift:
             raise ValueError("test_episode.shift must be 0: held-out tasks are measured on the images as they are")
         if self.test_episode.affine.enabled:
@@ -448,13 +488,16 @@ class JobConfig(StrictModel):
         return self.checkpoint.uri or DEFAULT_CHECKPOINT_DIR.format(name=self.name)
 
     def flat(self) -> dict[str, str]:
-        """Dotted key → value for every setting (MLflow params)."""
+        """Dotted key → value for every setting (MLflow params); a list of sections is numbered (data.train.0.uri)."""
         out: dict[str, str] = {}
 
         def walk(prefix: str, value) -> None:
             if isinstance(value, dict) and value:
                 for k, v in value.items():
                     walk(f"{prefix}.{k}" if prefix else k, v)
+            elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                for i, v in enumerate(value):  # a list of sections (data.train's sources): data.train.0.uri ...
+                    walk(f"{prefix}.{i}", v)
             else:
                 out[prefix] = "null" if value is None else str(value)
 

@@ -11,7 +11,7 @@ import fsspec
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from metadist.config.job import JobConfig
+from metadist.config.job import TRAIN_SOURCE_TAGS, JobConfig
 from metadist.errors import ConfigError
 
 Settings = TypeVar("Settings", bound=BaseModel)
@@ -44,28 +44,45 @@ def set_dotted(raw: dict[str, Any], overrides: list[str], example: str = "train.
 
 
 def _set_key(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
-    """raw[a][b][c] = value for key 'a.b.c', making missing (or null) sections."""
-    node = raw
+    """raw[a][b][c] = value for key 'a.b.c', making missing (or null) sections; a number indexes a list of sections
+    (data.train.1.weight: the second training source's weight)."""
+    node: Any = raw
     parts = key.split(".")
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not (part.isdigit() and int(part) < len(node)):
+                raise ConfigError(f"{where}: {'.'.join(parts[:depth])} is a list of {len(node)}; {part!r} is not one of its indices")
+            if last:
+                node[int(part)] = value
+                return
+            node = node[int(part)]
+            continue
+        if last:
+            node[part] = value
+            return
         if node.get(part) is None:
             node[part] = {}
-        if not isinstance(node[part], dict):
+        if not isinstance(node[part], (dict, list)):
             raise ConfigError(f"{where}: {part!r} is not a section")
         node = node[part]
-    node[parts[-1]] = value
 
 
 def validation_message(exc: ValidationError) -> str:
     """'field.path: what is wrong (got VALUE)' for each problem pydantic found, joined by '; '."""
 
     def one(error) -> str:
-        where = ".".join(map(str, error["loc"])) or "<top>"
+        where = ".".join(map(str, _location(error["loc"]))) or "<top>"
         value = error.get("input")
         got = f" (got {value!r})" if value is not None and not isinstance(value, dict) and error["type"] != "missing" else ""
         return f"{where}: {error['msg']}{got}"
 
     return "; ".join(one(e) for e in exc.errors())
+
+
+def _location(loc: tuple) -> tuple:
+    """An error's field path without the tag pydantic adds for the form `data.train` took (one source or a list)."""
+    return tuple(part for i, part in enumerate(loc) if not (part in TRAIN_SOURCE_TAGS and loc[i - 1 : i] == ("train",)))
 
 
 def validate(model: type[Settings], raw: dict[str, Any], where: str) -> Settings:
@@ -118,7 +135,7 @@ def _flag_message(exc: ValidationError, given: dict[str, tuple[str, Any]]) -> st
     everything = ", ".join(f"{flag} {shown(value)}" for flag, (_, value) in given.items())
     problems = []
     for error in exc.errors():
-        where = ".".join(map(str, error["loc"]))
+        where = ".".join(map(str, _location(error["loc"])))
         flag = next((f for f, (key, _) in given.items() if where == key or where.startswith(key + ".")), None)
         if flag is None:
             problems.append(f"{everything}: {where + ': ' if where else ''}{error['msg']}")

@@ -13,8 +13,8 @@ import torch
 from metadist.algorithms import build_learner
 from metadist.algorithms.base import MetaLearner
 from metadist.config import JobConfig
-from metadist.core.tasks import open_shards
-from metadist.data import EpisodeSampler, RegressionSampler
+from metadist.core.tasks import TaskSampler, open_train_shards
+from metadist.data import EpisodeSampler, MultiSourceSampler
 from metadist.models import build_model
 
 # Regression inputs are scalars; outputs are one value per point.
@@ -38,15 +38,15 @@ class ModelSpec:
         return cls(d["kind"], tuple(d["input_shape"]), d["outputs"], d["preprocessing"])
 
 
-def model_spec(job: JobConfig, train_sampler: EpisodeSampler | RegressionSampler | None = None) -> ModelSpec:
-    """What the job's model is built for: the training shards' example shape and preprocessing, the head's size."""
+def model_spec(job: JobConfig, train_sampler: TaskSampler | None = None) -> ModelSpec:
+    """What the job's model is built for: the training shards' example shape and preprocessing (every training source
+    shares them), the head's size."""
     if job.data.regression is not None:
         return ModelSpec("regression", REGRESSION_SHAPE, 1, None)
-    if isinstance(train_sampler, EpisodeSampler):
+    if isinstance(train_sampler, (EpisodeSampler, MultiSourceSampler)):
         shards = train_sampler.shards
     else:
-        assert job.data.train is not None  # validated: a classification job names its training shards
-        shards = open_shards(job.data.train, verify_checksums=job.data.verify_checksums)
+        shards = open_train_shards(job)
     outputs = None if job.algorithm.is_metric else job.data.episode.ways
     return ModelSpec("classification", tuple(shards.manifest.example_shape), outputs, shards.manifest.preprocessing)
 

@@ -21,7 +21,7 @@ from metadist.data.importers import (
 from metadist.data.manifest import ClassInfo, Manifest, ShardInfo
 from metadist.data.prefetch import Lookahead, Prefetcher
 from metadist.data.regression import FAMILIES, LinearTasks, RegressionSampler, SinusoidTasks
-from metadist.data.sampler import EpisodeSampler
+from metadist.data.sampler import EpisodeSampler, MultiSourceSampler, check_same_examples
 from metadist.data.shardset import ShardSet
 from metadist.data.writer import ShardSetWriter
 
@@ -35,6 +35,7 @@ __all__ = [
     "ImagePreprocessing",
     "LinearTasks",
     "Manifest",
+    "MultiSourceSampler",
     "Lookahead",
     "Prefetcher",
     "RegressionBatch",
@@ -43,6 +44,7 @@ __all__ = [
     "ShardSet",
     "ShardSetWriter",
     "SinusoidTasks",
+    "check_same_examples",
     "ensure_bundled",
     "import_cifar_fs",
     "import_cub",

@@ -32,6 +32,8 @@ class ClassificationBatch(_Batch):
     quarter_turns [T, N]  each label's rotation (0-3 quarter turns; a rotated class is a class of its own)
     mirrored [T, N]       each label's reflection (bool; mirrored before it is turned; a class of its own too)
     task_indices [T]
+    source_index [T]      each episode's training source: its position in data.train's list (0 with one source);
+                          class_index indexes that source's manifest
     """
 
     support_x: torch.Tensor
@@ -42,6 +44,7 @@ class ClassificationBatch(_Batch):
     quarter_turns: torch.Tensor
     mirrored: torch.Tensor
     task_indices: torch.Tensor
+    source_index: torch.Tensor
     step: int
 
 

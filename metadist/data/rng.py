@@ -20,6 +20,7 @@ STREAM_REGRESSION_TASK = 5
 STREAM_REGRESSION_X = 6
 STREAM_SHIFTS = 7
 STREAM_AFFINE = 8
+STREAM_SOURCE = 9  # which training source an episode comes from (several weighted sources)
 
 
 def _mix(z: np.ndarray) -> np.ndarray:

@@ -1,13 +1,18 @@
-"""N-way K-shot Q-query episodes from a shard set, deterministic in (seed, step, task index).
+"""N-way K-shot Q-query episodes from a shard set, or from several weighted ones, deterministic in (seed, step, task index).
 
 >>> sampler = EpisodeSampler(ShardSet(uri), EpisodeConfig(ways=5, shots=1, queries=5), seed=0)
 >>> batch = sampler.sample(step=0, task_indices=range(32))   # ClassificationBatch, T = 32
+>>> mixed = MultiSourceSampler([sampler, other], weights=[3, 1], seed=0)   # 3 episodes in 4 from `sampler`
 
 The same (seed, step, task index) gives the same episode whichever process asks, in whatever order, alone or
 in a batch: the basis of reproducible distributed runs (the trainer assigns task indices, not workers).
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import fields
 
 import numpy as np
 import torch
@@ -129,6 +134,7 @@ class EpisodeSampler:
             quarter_turns=torch.from_numpy(quarter_turns),
             mirrored=torch.from_numpy(mirrored.astype(bool)),
             task_indices=torch.from_numpy(tasks),
+            source_index=torch.zeros(t, dtype=torch.int64),
             step=int(step),
         )
 
@@ -187,3 +193,80 @@ class EpisodeSampler:
     def _unique(class_index: np.ndarray):
         unique, inverse = np.unique(class_index, return_inverse=True)
         return unique, inverse.reshape(class_index.shape)
+
+
+def check_same_examples(shards: Sequence[ShardSet], names: Sequence[str]) -> None:
+    """Refuse sources whose examples differ in shape or preprocessing: one model is built for one input.
+
+    `names` says where each source is configured (e.g. "data.train[1]"); the error names both sources and shapes.
+    """
+    first = shards[0].manifest
+    for name, other in zip(names[1:], shards[1:]):
+        m = other.manifest
+        if m.example_shape != first.example_shape or m.preprocessing != first.preprocessing:
+            what, a, b = (
+                ("shape", list(first.example_shape), list(m.example_shape)) if m.example_shape != first.example_shape
+                else ("preprocessing", first.preprocessing, m.preprocessing)
+            )
+            raise EpisodeError(
+                f"{names[0]} ({shards[0].uri}) has example {what} {a} but {name} ({other.uri}) has {b}: all training "
+                "sources must share the example shape and preprocessing (the model is built for one input)"
+            )
+
+
+class MultiSourceSampler:
+    """Episodes from several sources (one EpisodeSampler each), every episode from one source drawn by weight.
+
+    Task t of step s comes from source i with probability weights[i] / sum(weights), drawn from (seed, s, t) alone
+    (rng.STREAM_SOURCE), and is then exactly the episode source i's sampler gives for (s, t): so the episode is the
+    same whatever the batch, slice or worker that asks for it. All sources share one EpisodeConfig and one example
+    shape, so a batch that mixes sources stacks into the same [T, ...] tensors; `source_index` says which is which.
+    """
+
+    def __init__(self, samplers: Sequence[EpisodeSampler], weights: Sequence[float], *, seed: int,
+                 names: Sequence[str] | None = None) -> None:
+        if not samplers or len(samplers) != len(weights):
+            raise ValueError(f"{len(samplers)} sampler(s) and {len(weights)} weight(s): one weight per source, at least one source")
+        if not all(math.isfinite(w) and w > 0 for w in weights):
+            raise ValueError(f"source weights must be positive and finite, got {list(weights)}")
+        names = list(names) if names is not None else [f"source {i}" for i in range(len(samplers))]
+        episode = samplers[0].episode
+        for name, sampler in zip(names, samplers):
+            if sampler.episode != episode:
+                raise ValueError(f"{name}: every source samples the same episode shape, got {sampler.episode} and {episode}")
+        check_same_examples([s.shards for s in samplers], names)
+        self.samplers = list(samplers)
+        self.names = names
+        self.episode = episode
+        self.seed = int(seed)
+        self.weights = np.asarray(weights, dtype=np.float64)
+        self._cumulative = np.cumsum(self.weights)  # source i holds [cumulative[i-1], cumulative[i]) of [0, total)
+
+    @property
+    def shards(self) -> ShardSet:
+        """The first source's shard set: its example shape and preprocessing are every source's."""
+        return self.samplers[0].shards
+
+    def sources(self, step: int, task_indices) -> np.ndarray:
+        """Each task's source [T], from (seed, step, task) alone: P(source i) = weights[i] / sum(weights)."""
+        tasks = np.asarray(task_indices, dtype=np.int64).reshape(-1)
+        u = rng.uniform(self.seed, step, tasks, rng.STREAM_SOURCE, ()) * self._cumulative[-1]  # [T] in [0, total)
+        return np.minimum(np.searchsorted(self._cumulative, u, side="right"), len(self.samplers) - 1)
+
+    def sample(self, step: int, task_indices) -> ClassificationBatch:
+        tasks = np.asarray(task_indices, dtype=np.int64).reshape(-1)
+        which = self.sources(step, tasks)
+        parts = [(torch.from_numpy(np.flatnonzero(which == i)), sampler) for i, sampler in enumerate(self.samplers)]
+        # Each source samples its own tasks in one call; the episodes are then put back in task order.
+        batches = [(where, sampler.sample(step, tasks[where.numpy()])) for where, sampler in parts if len(where)]
+        merged: dict[str, object] = {"step": int(step)}
+        for f in fields(ClassificationBatch):
+            if f.name == "step":
+                continue
+            first = getattr(batches[0][1], f.name)
+            out = first.new_empty((len(tasks), *first.shape[1:]))
+            for where, batch in batches:
+                out[where] = getattr(batch, f.name)
+            merged[f.name] = out
+        merged["source_index"] = torch.from_numpy(which.astype(np.int64))
+        return ClassificationBatch(**merged)  # type: ignore[arg-type]

@@ -27,8 +27,10 @@ def run_tags(job: JobConfig) -> dict[str, str]:
     if data.regression is not None:
         tags["metadist.dataset"] = f"regression:{data.regression.family}"
     else:
-        assert data.train is not None  # validated: classification names its training shards
-        tags["metadist.dataset"] = data.train.uri
+        sources = data.train_sources  # validated: classification names its training shards
+        tags["metadist.dataset"] = sources[0][0].uri if len(sources) == 1 else "; ".join(
+            f"{source.uri} (weight {weight:g})" for source, weight in sources
+        )
         tags["metadist.episode"] = f"{data.episode.ways}-way {data.episode.shots}-shot"
         if data.test is not None:
             tags["metadist.test_dataset"] = data.test.uri
