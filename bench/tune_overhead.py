@@ -34,6 +34,7 @@ from common.results import add_output_arguments, machine_info, publish, results_
 RESULTS_PATH = results_path("tune_overhead")
 DOC_SECTION = template_heading("tune_overhead")
 COMMAND = ".venv/bin/python bench/tune_overhead.py"
+TARGET_PCT = 15.0
 SPACE = {"algorithm.inner_lr": {"loguniform": [0.1, 0.5]}, "optimizer.lr": {"loguniform": [1.0e-4, 1.0e-2]}}
 
 
@@ -113,6 +114,7 @@ def main() -> None:
         "overhead_vs_processes_pct": 100 * (search_s / processes_s - 1),
         "load_before": load_before, "load_after": os.getloadavg()[0],
     }
+    fields["verdict"] = "met" if fields["overhead_pct"] <= TARGET_PCT else "not met"
     info = machine_info(load={"load_average_1min": [load_before, fields["load_after"]]}, ray=ray.__version__)
     report = {"machine": info, **fields, "alone": alone, "elapsed_s": time.perf_counter() - started}
     section = render("tune_overhead", date=info["date"][:10], cores=info["cores"], **fields)
