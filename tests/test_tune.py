@@ -26,6 +26,7 @@ SPACE = {"algorithm.inner_lr": {"loguniform": [0.1, 0.5]}, "optimizer.lr": {"log
 # Evaluations at steps 2 and 4, the final one after step 6: ASHA's rungs are at 2 (grace) and 6 (the end).
 TUNE_SETS = ("name=tiny", "train.eval_every=2", "train.eval_episodes=4")
 RESUME_TIMEOUT_S = 240
+RESUME_EVAL_EPISODES = 96
 
 
 def _files(tmp_path: Path, job, space: dict) -> tuple[str, str]:
@@ -151,21 +152,24 @@ def test_a_trial_that_raises_is_reported_and_the_search_goes_on(ray_env, small1_
 @pytest.mark.cluster
 def test_a_search_resumes_after_its_driver_is_killed_without_rerunning_finished_trials(
         ray_env, small1_uri, small2_uri, tmp_path):
-    job = tiny_job(small1_uri, small2_uri, tmp_path, *TUNE_SETS, "train.steps=8")
+    # Trials take over warm processes, so each is about as long as its training: evaluations of RESUME_EVAL_EPISODES
+    # keep every trial (even one ASHA stops at its first rung) longer than a save of the search's state, which this
+    # driver makes every second, so that the kill below lands while a later trial runs.
+    job = tiny_job(small1_uri, small2_uri, tmp_path, *TUNE_SETS, "train.steps=8",
+                   f"train.eval_episodes={RESUME_EVAL_EPISODES}")
     job_file, space_file = _files(tmp_path, job, SPACE)
     storage = tmp_path / "search"
     command = [sys.executable, "-m", "metadist", "tune", job_file, "--space", space_file, "--trials", "3",
                "--max-concurrent", "1", "--storage", str(storage), "--no-progress", "--json"]
     first = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
+                             start_new_session=True, env=os.environ | {"TUNE_GLOBAL_CHECKPOINT_S": "1"})
     deadline = time.monotonic() + RESUME_TIMEOUT_S / 2
-    finished: dict[str, int] = {}
-    while not finished and time.monotonic() < deadline and first.poll() is None:
-        time.sleep(0.5)
-        finished = _finished_trials(storage)
-    assert finished, "no trial finished before the deadline"
-    time.sleep(7)  # past the next save of the search's state (STATE_SAVE_PERIOD_S), into the next trial
-    os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray it started, at once
+    saved: set[str] = set()
+    while not saved and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.1)
+        saved = _finished_in_saved_state(storage)
+    assert saved, "no finished trial in the search's saved state before the deadline"
+    os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray it started, at once, into the next trial
     first.wait()
     done_before = _finished_trials(storage)
     assert first.returncode == -signal.SIGKILL and len(done_before) < 3
@@ -181,6 +185,21 @@ def test_a_search_resumes_after_its_driver_is_killed_without_rerunning_finished_
     for trial_id, lines in done_before.items():
         assert after[trial_id] == lines
         assert len(list((storage / "trials" / trial_id / "checkpoints").glob("run-*"))) == 1
+
+
+def _finished_in_saved_state(storage: Path) -> set[str]:
+    """The trials that Tune's newest saved state of the search records as ended after their final evaluation."""
+    found: set[str] = set()
+    for state_file in sorted(storage.glob("search/experiment_state-*.json"))[-1:]:
+        try:
+            trials = json.loads(state_file.read_text())["trial_data"]
+        except (OSError, ValueError, KeyError):  # being written
+            return found
+        for trial_state, runtime in trials:
+            trial, last = json.loads(trial_state), json.loads(runtime).get("last_result") or {}
+            if trial.get("status") == "TERMINATED" and last.get("final"):
+                found.add(trial["trial_id"])
+    return found
 
 
 def _finished_trials(storage: Path) -> dict[str, int]:

@@ -181,6 +181,8 @@ def tune_job(job: JobConfig, space: SearchSpace | None, settings: TuneSettings =
                     search_alg=_searcher(searcher_name, metric, mode, settings.seed if settings.seed is not None else job.train.seed),
                     scheduler=_asha(job, metric, mode, settings.reduction_factor),
                     max_concurrent_trials=settings.max_concurrent,
+                    # A trial takes over the warm process of an ended one with the same resources (metadist.tune.trial)
+                    reuse_actors=True,
                 ),
                 run_config=tune.RunConfig(
                     name=EXPERIMENT_NAME, storage_path=storage, callbacks=callbacks, verbose=1 if progress else 0,

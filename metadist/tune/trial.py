@@ -8,12 +8,21 @@ retried) resumes from its newest metadist checkpoint, in the same MLflow child r
 
 A trial that ASHA stops sees Tune's stop request (a SystemExit raised by `tune.report` in its thread) as an
 interrupt: the Trainer saves a checkpoint and marks its MLflow run KILLED, as after Ctrl-C.
+
+Trials reuse warm processes (the search runs Tune with `reuse_actors=True`): when a trial ends, Tune keeps its actor,
+a Python process that has already imported torch and metadist, for the next trial with the same resources, and
+resets it (Ray's function trainable: `reset_config` ends the previous trial's thread, then starts the next). So a
+trial must end its thread on its own: a stopped trial leaves with SystemExit(0), Ray's own graceful exit, rather than
+returning (after a return, Ray's wrapper reports once more and waits for a go-ahead that never comes). And the wait
+for that end is WIND_DOWN_S rather than Tune's default 2 s, because a stopped trial saves its checkpoint, ends its
+MLflow run and releases its workers before its thread ends.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +38,9 @@ from metadist.tune.space import SearchSpace
 log = logging.getLogger(__name__)
 
 MARKER_NAME = "metadist-trial.json"  # the Tune checkpoint's one file: where the trial's metadist checkpoints are
+# How long a warm process waits for its previous trial to wind down before it takes the next (Tune's
+# TUNE_FUNCTION_THREAD_TIMEOUT_S; its own default is 2 s). Past it, Tune gives up the reuse and fails the next trial.
+WIND_DOWN_S = 300
 
 
 class StoppedEarly(KeyboardInterrupt):
@@ -63,8 +75,21 @@ class TrialPlan:
         return apply_overrides(base, self.space.overrides(sampled) + extra)
 
 
+class ReusedProcess:
+    """Mixed into the Tune trainable Ray makes of `run_trial` (its `__mixins__`): the wait for the previous trial's
+    thread when the process is reset for the next trial is WIND_DOWN_S, unless TUNE_FUNCTION_THREAD_TIMEOUT_S is set."""
+
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(WIND_DOWN_S))  # read by Ray's reset_config
+        reset: bool = super().reset_config(new_config)  # type: ignore[misc]
+        if not reset:
+            log.error("the previous trial in this process did not end within %s s; the next trial fails",
+                      os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"])
+        return reset
+
+
 def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
-    """The Tune trainable (function API)."""
+    """The Tune trainable (function API; warm processes are reused, see ReusedProcess)."""
     trial_id = tune.get_context().get_trial_id()
     job = plan.trial_job(config, trial_id)
     # Restored (the driver died, or a retry): continue from the newest metadist checkpoint in the trial's folder.
@@ -73,7 +98,8 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
 
     def report(step: int, metrics: dict[str, float], final: bool) -> None:
         key = ("test_" if final else "val_") + plan.estimate_key
-        result = {plan.metric: metrics[key], "step": step, "final": final, "mlflow_run_id": trainer.run_id or "", **metrics}
+        result = {plan.metric: metrics[key], "step": step, "final": final, "mlflow_run_id": trainer.run_id or "",
+                  "pid": os.getpid(), **metrics}  # pid: which (reused) process ran the trial
         with tempfile.TemporaryDirectory(prefix="metadist-trial-", ignore_cleanup_errors=True) as marker:
             Path(marker, MARKER_NAME).write_text(json.dumps({"checkpoint_dir": job.checkpoint_dir(), "step": step}))
             try:
@@ -88,6 +114,10 @@ def run_trial(config: dict[str, Any], plan: TrialPlan) -> None:
         report(outcome.steps, final, final=True)
     except StoppedEarly as stop:
         log.info("%s", stop)
+        raise SystemExit(0) from None  # the thread ends here, as after Tune's own stop (not by returning)
+
+
+run_trial.__mixins__ = (ReusedProcess,)  # type: ignore[attr-defined]  # kept by tune.with_parameters
 
 
 def _trainer(job: JobConfig, resume: bool) -> Trainer:
