@@ -49,6 +49,10 @@ from common.stats import percentile
 
 RESULTS_PATH = results_path("serving")
 BEFORE_PATH = results_path("serving_before")  # the thread-pool server's figures, for comparison
+BEFORE_COMMIT = "7492324"  # the last commit with the thread-pool server
+BEFORE_COMMAND = ("git worktree add --detach ../before 7492324 && PYTHONPATH=../before .venv/bin/python bench/serving.py "
+                  "--stalled 0 --results bench/results/serving_before.json")
+REPEATS_DIR = RESULTS_PATH.parent / "serving_repeats"  # before-N.json and after-N.json, when the two were run alternately
 DOC_SECTION = template_heading("serving")
 COMMAND = ".venv/bin/python bench/serving.py"
 
@@ -263,6 +267,29 @@ def table(runs: list[dict]) -> str:
     return markdown_table(header, rows)
 
 
+def repeats_table(paths: list) -> str:
+    """Requests/s of every level in each repeated run (before-N: the thread-pool server, after-N: this one)."""
+    import json
+
+    runs = [(path.stem, json.loads(path.read_text())) for path in paths]
+    levels: list[str] = []
+    rows = []
+    for name, report in runs:
+        cells = {}
+        for run in report["runs"]:
+            for level in run["levels"]:
+                key = f"{run['label']} {level['clients']}" + (f"+{level['stalled']}" if level.get("stalled") else "")
+                cells[key] = f"{level['requests_per_s']:.1f}"
+                if key not in levels:
+                    levels.append(key)
+        load = report["machine"]["load_average_before"][0]
+        rows.append((name, load, cells))
+    header = "| run | load before | " + " | ".join(levels) + " |\n|---|---:|" + "---:|" * len(levels) + "\n"
+    body = "".join(f"| {name} | {load:.2f} | " + " | ".join(cells.get(k, "–") for k in levels) + " |\n" for name, load, cells in rows)
+    return (f"Repeats, requests/s per level (model, clients[+stalled calls]), run alternately on the same machine "
+            f"(`{REPEATS_DIR.relative_to(REPO)}/`):\n\n" + header + body)
+
+
 def doc_section(report: dict) -> str:
     m, s = report["machine"], report["settings"]
     config = report["runs"][0]["server_config"]
@@ -274,13 +301,16 @@ def doc_section(report: dict) -> str:
         old = json.loads(BEFORE_PATH.read_text())
         om = old["machine"]
         before = (
-            f"Before: the thread-pool server (gRPC's synchronous server, {om['grpcio']}), run on {om['date'][:10]} "
-            f"just before the figures above, same command and machine; 1-minute load average "
+            f"Before: the thread-pool server (gRPC's synchronous server, {om['grpcio']}; metadist at {BEFORE_COMMIT}), "
+            f"run on {om['date'][:10]} on the same machine with `{BEFORE_COMMAND}`; 1-minute load average "
             f"{om['load_average_before'][0]:.2f} before and {om['load_average_at_end'][0]:.2f} at its end "
             f"(`{BEFORE_PATH.relative_to(REPO)}`). It had no stalled-calls level: there, {STALLED} stalled calls hold "
             f"all {old['runs'][0]['server_config']['max_workers']} handler threads and every other call waits for its "
             "deadline (tests/test_serving_faults.py).\n\n" + table(old["runs"])
         )
+    repeats = sorted(REPEATS_DIR.glob("*.json")) if REPEATS_DIR.is_dir() else []
+    if repeats:
+        before += "\n\n" + repeats_table(repeats)
     return render(
         "serving", command=COMMAND, before=before, date=m["date"][:10], cores=m["cores"], cpu=m["cpu"], python=m["python"],
         torch=m["torch"], grpcio=m["grpcio"], load_before=m["load_average_before"][0],
