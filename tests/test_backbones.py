@@ -3,8 +3,6 @@ this process and on Ray task workers with the same parameters."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -13,6 +11,7 @@ from metadist.models import ResNet12, WideResNet
 from metadist.models.resnets import DropBlock
 from metadist.training import LocalTrainer
 from tests.helpers import starts, tiny_job
+from tests.local_ray import local_ray
 
 # Small enough for two steps in a second or two on 28×28 Omniglot: ResNet-12 of 8-20-40-80 filters, WRN-10-1.
 BACKBONES = {
@@ -74,21 +73,8 @@ def test_dropblock_under_maml_draws_per_task_and_evaluates_deterministically(sma
 @pytest.fixture(scope="module")
 @starts("cluster")
 def ray_connection():
-    import secrets
-
-    from metadist.config import DistributedConfig
-    from metadist.distributed import connect
-
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)})
-    connection = connect(DistributedConfig(workers=2), num_cpus=2)
-    yield connection
-    connection.close()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with local_ray(num_cpus=2) as connection:
+        yield connection
 
 
 @pytest.mark.cluster

@@ -28,6 +28,7 @@ import yaml
 
 from metadist.training import LocalTrainer
 from metadist.core import checkpoint as ckpt_io
+from tests.local_ray import auth_env, local_ray
 from tests.helpers import missing_tool, starts, tiny_job
 
 ray = pytest.importorskip("ray")
@@ -43,9 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 SCENARIO_TIMEOUT_S = 240
 
 
-def _auth_env() -> dict[str, str]:
-    # Token authentication on, as Ray 2.60 has it by default, with the token in the environment instead of ~/.ray.
-    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+_auth_env = auth_env  # token authentication on, as Ray 2.60 has it by default
 
 
 # -- without a cluster -----------------------------------------------------------------------------------------------
@@ -126,21 +125,9 @@ def test_workers_and_address_flags_and_distributed_settings_are_validated(capsys
 @pytest.fixture(scope="module")
 @starts("cluster")
 def ray_cluster():
-    from metadist.config import DistributedConfig
-    from metadist.distributed import connect
-
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
-    os.environ.update(_auth_env())
     # Three CPU slots: two workers, and room for a replacement while a killed one is being cleaned up.
-    connection = connect(DistributedConfig(workers=2), num_cpus=3)
-    assert connection.started_here and connection.auth_mode == "token"
-    yield connection
-    connection.close()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with local_ray(num_cpus=3) as connection:
+        yield connection
 
 
 def _params(uri: str) -> dict[str, torch.Tensor]:
