@@ -151,7 +151,7 @@ def test_health_answers_while_every_worker_thread_waits(checkpoint):
 
 # -- floods of refused calls -----------------------------------------------------------------------------------------
 FLOOD_CALLS, FLOOD_ROUNDS, FLOOD_MB = 60, 4, 31
-FLOOD_GROWTH_MB = 150  # bound on the server's resident memory growth; buffered, one round's requests are 1,860 MB
+FLOOD_GROWTH_MB = 80  # bound on the server's resident memory growth; buffered, one round's requests are 1,860 MB
 # Bound on the growth over the last round: the heap settles at the size a round needs (the server keeps freed memory
 # for reuse, metadist.runtime) instead of growing round after round.
 FLOOD_ROUND_GROWTH_MB = 25

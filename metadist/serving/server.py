@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 AUTH_METADATA = "authorization"  # value: "Bearer <token>"
 AUTH_SCHEME = "Bearer "
 UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/",)  # methods callable without a token
+STREAM_WINDOW_BYTES = 1 << 20  # per-stream receive window (see Server.options)
 COMPUTE_METHODS = frozenset({"AdaptAndClassify", "Adapt", "Classify"})  # decode and compute: in the worker threads
 
 
@@ -273,6 +274,12 @@ class Server:
             # Keepalive enforcement: a client pinging more often than this gets GOAWAY after max_ping_strikes pings.
             ("grpc.http2.min_ping_interval_without_data_ms", _ms(config.min_client_ping_interval_s)),
             ("grpc.http2.max_ping_strikes", 2),
+            # A fixed per-stream receive window instead of one grown by bandwidth probing: what the server reads of a
+            # call before refusing it (no token) is then at most this much, flood after flood. With probing, the
+            # window grew under a flood of refused 31 MB requests and memory with it (tests/test_serving_faults.py).
+            # 1 MiB per round trip still moves a 30 MB request in under 2 s at 50 ms.
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", STREAM_WINDOW_BYTES),
         ]
 
     def start(self) -> "Server":
