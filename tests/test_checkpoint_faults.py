@@ -307,7 +307,7 @@ def test_a_checkpoint_asking_for_a_huge_model_allocates_nothing(saved, tmp_path)
     import resource
 
     huge = saved.job.model_copy(update={"model": saved.job.model.model_copy(update={"hidden": 200_000})})
-    saved.job = huge  # conv-4 with 200,000 filters: about 1.4 TB of parameters
+    saved.job = huge  # conv-4 with 200,000 filters: about 4.3 TB of parameters
     path = tmp_path / "huge.safetensors"
     path.write_bytes(ckpt_io.to_bytes(saved))
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
