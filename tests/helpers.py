@@ -29,7 +29,7 @@ def missing_tool(message: str, *, module: bool = False) -> None:
     """A tool a test needs (chromium, kubectl, unshare) is absent: skip here, fail in CI, where it must be present."""
     if os.environ.get(CI_ENV) == "1":
         pytest.fail(f"{CI_ENV}=1 and {message}", pytrace=False)
-    pytest.skip(message, allow_module_level=module)
+    pytest.skip(reason=message, allow_module_level=module)
 
 
 # -- markers ---------------------------------------------------------------------------------------------------------

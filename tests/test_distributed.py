@@ -794,16 +794,23 @@ def _declared_gpus(tmp: Path, small1_uri: str, small2_uri: str) -> dict:
     return report
 
 
-def _cli_resume(tmp: Path, small1_uri: str, small2_uri: str) -> dict:
-    """`metadist train --workers 2`, SIGKILLed after its step-3 checkpoint, then `--resume` to the end."""
-    job = tiny_job(small1_uri, small2_uri, tmp / "cli", "train.steps=8")
+def _cli_until_first_checkpoint(tmp: Path, job, **popen) -> tuple[list[str], subprocess.Popen]:
+    """`metadist train JOB --workers 2` started on `job` (written to tmp/job.yaml); returns once it has written its
+    first checkpoint (or ended, or half the scenario's time passed): its command line and its process."""
     job_file = tmp / "job.yaml"
     job_file.write_text(yaml.safe_dump(job.model_dump(mode="json")))
     command = [sys.executable, "-m", "metadist", "train", str(job_file), "--workers", "2", "--no-progress"]
-    first = subprocess.Popen(command, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(command, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
     deadline = time.monotonic() + SCENARIO_TIMEOUT_S / 2
-    while not ckpt_io.run_checkpoints(job.checkpoint.uri) and time.monotonic() < deadline and first.poll() is None:
+    while not ckpt_io.run_checkpoints(job.checkpoint.uri) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
+    return command, process
+
+
+def _cli_resume(tmp: Path, small1_uri: str, small2_uri: str) -> dict:
+    """`metadist train --workers 2`, SIGKILLed after its step-3 checkpoint, then `--resume` to the end."""
+    job = tiny_job(small1_uri, small2_uri, tmp / "cli", "train.steps=8")
+    command, first = _cli_until_first_checkpoint(tmp, job, start_new_session=True)
     killed_after = [s for s, _ in ckpt_io.run_checkpoints(job.checkpoint.uri)]
     os.killpg(first.pid, signal.SIGKILL)  # the driver, and the Ray it started, die at once
     first.wait()
@@ -818,13 +825,7 @@ def _cli_sigterm(tmp: Path, small1_uri: str, small2_uri: str) -> dict:
     """`metadist train --workers 2` on a long job, sent SIGTERM (as `ray job stop` or a Kubernetes eviction does)
     once it has written its first checkpoint."""
     job = tiny_job(small1_uri, small2_uri, tmp / "sigterm", "train.steps=100000")
-    job_file = tmp / "job.yaml"
-    job_file.write_text(yaml.safe_dump(job.model_dump(mode="json")))
-    command = [sys.executable, "-m", "metadist", "train", str(job_file), "--workers", "2", "--no-progress"]
-    driver = subprocess.Popen(command, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + SCENARIO_TIMEOUT_S / 2
-    while not ckpt_io.run_checkpoints(job.checkpoint.uri) and time.monotonic() < deadline and driver.poll() is None:
-        time.sleep(0.05)
+    _, driver = _cli_until_first_checkpoint(tmp, job, text=True)
     time.sleep(1.0)  # a few steps past the checkpoint
     driver.send_signal(signal.SIGTERM)  # the driver alone: it stops its workers and the Ray it started
     output, _ = driver.communicate(timeout=SCENARIO_TIMEOUT_S / 2)

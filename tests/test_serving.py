@@ -250,7 +250,7 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
         from cryptography.x509.oid import NameOID
     except ImportError:
         if shutil.which("openssl") is None:
-            pytest.skip("making a test certificate needs the cryptography package or the openssl command; neither is here")
+            pytest.skip(reason="making a test certificate needs the cryptography package or the openssl command; neither is here")
         subprocess.run(
             ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
              "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=metadist test",
