@@ -9,7 +9,7 @@ Run (each row in a fresh process, one after the other; wall time is the sum of t
     python bench/quality.py protonet-5way-long --set model.hidden=128                       # a variant, kept beside its row
     .venv/bin/python bench/quality.py time-to-accuracy time-to-accuracy-learn2learn   # 10 minutes each, quiet machine
 
-A row is a job: the embedded default (metadist.config.JobConfig) plus the overrides listed in ROWS, trained with
+A row is a job: the embedded default (metadist.config.JobConfig), or the row's job file, plus the overrides listed in ROWS, trained with
 `metadist.training.LocalTrainer` for its fixed number of steps (so its result does not depend on how busy the
 machine is; only its wall time does). The time-to-accuracy row trains for a wall-clock budget instead (default
 600 s), with evaluation during training switched off so all of the budget is training: run it on a quiet machine.
@@ -55,11 +55,10 @@ ROWS: dict[str, dict] = {
     "metasgd-5way": {"sets": ["algorithm.name=metasgd", "train.steps=600"]},
     # Reptile's Omniglot recipe (jobs/omniglot-5way-1shot-reptile.yaml); model averaging is the same inner loop with
     # the outer step fixed at 1 (the initialisation becomes the average of the task-trained copies).
-    "reptile-5way": {"sets": ["algorithm.name=reptile", "algorithm.inner_lr=0.1", "algorithm.inner_steps=5", "algorithm.eval_inner_steps=50",
-                              "optimizer.name=sgd", "optimizer.lr=1.0", "optimizer.schedule=cosine", "optimizer.clip_norm=null",
-                              "train.meta_batch=5", "train.steps=5000"]},
-    "model-averaging-5way": {"sets": ["algorithm.name=model_averaging", "algorithm.inner_lr=0.1", "algorithm.inner_steps=5",
-                                      "algorithm.eval_inner_steps=50", "train.meta_batch=5", "train.steps=5000"]},
+    # Rows with a "job" start from that job file (its own settings), then COMMON and their "sets".
+    "reptile-5way": {"target": 0.93, "job": "jobs/omniglot-5way-1shot-reptile.yaml", "sets": []},
+    "reptile-20way": {"target": 0.93, "job": "jobs/omniglot-20way-1shot-reptile.yaml", "sets": []},
+    "model-averaging-5way": {"target": 0.90, "job": "jobs/omniglot-5way-1shot-model-averaging.yaml", "sets": []},
     "protonet-5way": {"target": 0.97, "sets": ["algorithm.name=protonet", "model.downsample=maxpool", "data.episode.ways=20", "data.episode.shift=2",
                                               "train.meta_batch=2", "train.steps=3000", "data.episode.reflections=true"]},
     "matching-5way": {"sets": ["algorithm.name=matching", "data.episode.ways=20", "train.meta_batch=4", "train.steps=1000"]},
@@ -102,7 +101,7 @@ def run_row(name: str, budget_s: float, threads: int, extra: list[str]) -> dict:
     import torch
 
     from metadist.config import apply_overrides
-    from metadist.config import JobConfig
+    from metadist.config import JobConfig, load_job
     from metadist.training import LocalTrainer
 
     row = ROWS[name]
@@ -110,11 +109,11 @@ def run_row(name: str, budget_s: float, threads: int, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         budget = [f"train.time_budget_s={budget_s}"] if row.get("budget_only") else []
         sets = COMMON + row["sets"] + extra + budget + [f"name=bench-{name}", f"train.threads={threads}", f"checkpoint.uri={tmp}/ckpt"]
-        job = apply_overrides(JobConfig(), sets)
+        job = apply_overrides(load_job(str(REPO / row["job"])) if row.get("job") else JobConfig(), sets)
         result = LocalTrainer(job, progress=sys.stderr.isatty()).run()
     test = {k: {"mean": e.mean, "ci95": e.ci95, "episodes": e.n} for k, e in result.test.items()}
     return {
-        "row": name, "overrides": row["sets"] + extra, "steps": result.steps, "train_time_s": result.train_time_s,
+        "row": name, "job": row.get("job"), "overrides": row["sets"] + extra, "steps": result.steps, "train_time_s": result.train_time_s,
         "stopped_by_time_budget": result.stopped_by_time_budget, "test": test, "threads": threads,
         "tasks_per_step": job.train.meta_batch, "torch": torch.__version__, "date": dt.date.today().isoformat(),
         "device": torch.cuda.get_device_name() if result_device(job) == "cuda" else f"cpu ({os.cpu_count()} cores)",
@@ -183,7 +182,10 @@ def describe(r: dict) -> tuple[str, str, str]:
     merged: dict[str, str] = {}  # a variant's --set replaces the row's own setting of that key: show the one in force
     for override in r["overrides"]:
         merged[override.split("=", 1)[0]] = override
-    return figure, verdict, ", ".join(merged.values())
+    settings = ", ".join(merged.values())
+    if r.get("job"):  # the row is its job file's own settings, plus any listed
+        settings = r["job"] + (f" + {settings}" if settings else "")
+    return figure, verdict, settings
 
 
 def write_doc(results: dict[str, dict], budget_s: float) -> None:

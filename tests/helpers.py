@@ -112,12 +112,12 @@ def train_tiny_cli(tmp_path, small1_uri, small2_uri, name, *sets) -> str:
 
 
 # -- episode batches -------------------------------------------------------------------------------------------------
-def classification_batch(uri, tasks=3, ways=3):
+def classification_batch(uri, tasks=3, ways=3, shots=2, queries=2):
     """A float64 batch of `tasks` episodes from the shard set at `uri`, downsampled to 7x7 images."""
     from metadist.config import EpisodeConfig
     from metadist.data import EpisodeSampler, ShardSet
 
-    b = EpisodeSampler(ShardSet(uri), EpisodeConfig(ways=ways, shots=2, queries=2), seed=0).sample(0, range(tasks))
+    b = EpisodeSampler(ShardSet(uri), EpisodeConfig(ways=ways, shots=shots, queries=queries), seed=0).sample(0, range(tasks))
     b.support_x, b.query_x = b.support_x.double()[..., ::4, ::4], b.query_x.double()[..., ::4, ::4]  # 7×7 images
     return b
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.func import functional_call
@@ -122,6 +124,107 @@ def test_reptile_delta_is_the_k_step_sgd_difference(name):
         )
         torch.testing.assert_close(update.tensors[k], expected, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(update.as_gradient()[k], -expected / len(batch))
+
+
+@pytest.mark.parametrize("name", ["reptile", "model_averaging"])
+def test_reptile_paper_inner_loop_is_adam_with_beta1_zero_over_class_balanced_minibatches(name, small1_uri):
+    """Reptile's recipe: each inner step on the next minibatch of the support set (every class in each), with Adam
+    (β1 = 0), against torch.optim.Adam stepping a module by hand on the same minibatches. From the initial (zero)
+    moment for the first task; the outer step keeps the task's moment, so the next task continues from it, as one
+    torch.optim.Adam carried across tasks does (the paper's code)."""
+    from metadist.algorithms.outer import MetaOptimizer
+    from metadist.config import OptimizerConfig
+
+    torch.manual_seed(5)
+    model = Conv4(1, 3, hidden=4, image_size=7)
+    reptile = LEARNERS[name](model, "classification", inner_lr=0.01, inner_steps=4, eval_inner_steps=4,
+                             inner_optimizer="adam", inner_batch=4)
+    theta = reptile.init_meta_params()
+    names = [k for k, _ in model.named_parameters()]
+    assert set(theta) - set(names) == {"inner_adam.t"} | {f"inner_adam.v.{k}" for k in names}
+    batch = classification_batch(small1_uri, tasks=2, ways=3, shots=4, queries=1)
+    order = torch.arange(12).view(3, 4).t().reshape(-1)  # class by class (0 0 0 0 1 1 1 1 2 2 2 2) → shot by shot
+    params = {k: torch.nn.Parameter(theta[k].clone()) for k in names}
+    adam = torch.optim.Adam(params.values(), lr=0.01, betas=(0.0, 0.999), eps=1e-8)
+    outer = MetaOptimizer(theta, OptimizerConfig(name="sgd", lr=1.0, clip_norm=None), total_steps=2,
+                          running_prefixes=reptile.running_prefixes)
+    for t in range(len(batch)):  # one task per outer step, outer step 1: θ becomes the task's θ'
+        x, y = batch.support_x[t], batch.support_y[t]
+        meta = outer.meta_params()
+        for step in range(4):
+            rows = order[(torch.arange(4) + 4 * step) % 12]
+            assert len(set(y[rows].tolist())) == 3 or step % 3 == 2  # every class in a batch but the wrap-around
+            adam.zero_grad()
+            reptile.loss(functional_call(model, params, (x[rows],)), y[rows]).backward()
+            adam.step()
+        update = reptile.compute_update(meta, task_slice(batch, t))
+        for k in names:
+            # atol: conv biases before batch norm have gradients of rounding noise only, which Adam scales up
+            torch.testing.assert_close(update.tensors[k], params[k].detach() - meta[k], rtol=1e-6, atol=1e-8)
+            moment = adam.state[params[k]]["exp_avg_sq"]
+            torch.testing.assert_close(update.tensors[f"inner_adam.v.{k}"] + meta[f"inner_adam.v.{k}"], moment, rtol=1e-6, atol=1e-12)
+        assert float(update.tensors["inner_adam.t"]) == 4.0
+        outer.apply(update)
+        assert float(outer.params["inner_adam.t"].detach()) == 4.0 * (t + 1)
+    # Adam's per-coordinate scaling makes the delta differ from SGD's on the same minibatches
+    sgd = LEARNERS[name](model, "classification", inner_lr=0.01, inner_steps=4, eval_inner_steps=4, inner_batch=4)
+    assert set(sgd.init_meta_params()) == set(names)
+    assert not torch.allclose(sgd.compute_update(sgd.init_meta_params(), batch).tensors["head.weight"],
+                              reptile.compute_update(theta, batch).tensors["head.weight"])
+
+
+@pytest.mark.parametrize("name", ["maml", "fomaml"])
+def test_zero_head_starts_every_task_from_a_zero_head(name, small1_uri):
+    """The zeroing trick: each task adapts from a zero head, so the meta-gradient is the one of a model whose head
+    is zero (second order: through the inner loop from it), the head's own meta-gradient is zero, and the
+    un-adapted model scores every class alike."""
+    torch.manual_seed(6)
+    model = Conv4(1, 3, hidden=4, image_size=7)
+    maml = LEARNERS[name](model, "classification", inner_lr=0.4, inner_steps=2, eval_inner_steps=2, zero_head=True)
+    theta = maml.init_meta_params()
+    batch = classification_batch(small1_uri, tasks=2, ways=3)
+    update = maml.compute_update(theta, batch)
+    zeroed = {k: (torch.zeros_like(v) if k in Conv4.HEAD else v) for k, v in theta.items()}
+    plain = LEARNERS[name](model, "classification", inner_lr=0.4, inner_steps=2, eval_inner_steps=2)
+    reference = plain.compute_update(zeroed, batch)
+    for k in theta:
+        expected = torch.zeros_like(theta[k]) if k in Conv4.HEAD else reference.tensors[k]
+        torch.testing.assert_close(update.tensors[k], expected, rtol=1e-9, atol=1e-12)
+    metrics = maml.evaluate(theta, batch)
+    torch.testing.assert_close(metrics["loss_before"], torch.full((2,), math.log(3)))
+    torch.testing.assert_close(metrics["accuracy_after"], plain.evaluate(zeroed, batch)["accuracy_after"])
+    with pytest.raises(ValueError, match="zero_head: only for the MAML family"):
+        from metadist.config import AlgorithmConfig
+
+        AlgorithmConfig(name="reptile", zero_head=True)
+
+
+def test_running_statistics_become_the_tasks_mean_whatever_the_outer_step():
+    """Reptile's inner Adam moment is a running statistic: the outer step sets it to the tasks' mean, outside the
+    optimizer's learning rate, schedule and clipping, while the parameters take the optimizer's step."""
+    from metadist.algorithms.base import Update
+    from metadist.algorithms.outer import MetaOptimizer
+    from metadist.config import OptimizerConfig
+
+    theta = {"w": torch.zeros(3), "stats.w": torch.ones(3)}
+    outer = MetaOptimizer(theta, OptimizerConfig(name="adam", lr=0.1, clip_norm=1e-3, schedule="linear"), total_steps=4,
+                          running_prefixes=("stats.",))
+    update = Update("delta", {"w": torch.tensor([2.0, 0.0, 0.0]), "stats.w": torch.tensor([4.0, 8.0, -2.0])}, num_tasks=2)
+    result = outer.apply(update)
+    torch.testing.assert_close(outer.params["stats.w"].detach(), torch.tensor([3.0, 5.0, 0.0]))
+    assert result.update_norm == pytest.approx(1.0)  # the parameters' mean delta alone: the statistic is not clipped
+    assert float(outer.params["w"][0].detach()) == pytest.approx(0.1, rel=1e-4)  # Adam's first step: about lr, towards the delta
+    assert "stats.w" not in {id(p) for g in outer.optimizer.param_groups for p in g["params"]}
+    assert len(outer.optimizer.param_groups[0]["params"]) == 1
+
+
+def test_reptile_recipe_settings_are_refused_for_learners_that_differentiate_their_inner_loop():
+    from metadist.config import AlgorithmConfig
+
+    with pytest.raises(ValueError, match="inner_optimizer 'adam': only for reptile and model_averaging"):
+        AlgorithmConfig(name="maml", inner_optimizer="adam")
+    with pytest.raises(ValueError, match="inner_batch: only for reptile and model_averaging"):
+        AlgorithmConfig(name="fomaml", inner_batch=10)
 
 
 def test_anil_adapts_only_the_head_but_meta_learns_the_body(small1_uri):

@@ -24,7 +24,11 @@ API_LEARNERS = {
     "metasgd": metadist.MetaSGD,
     "reptile": metadist.Reptile,
     "protonet": metadist.ProtoNet,
+    # Reptile's paper recipe: Adam's moment is a running statistic (a buffer, set by backward), not a parameter
+    "reptile-adam": functools.partial(metadist.Reptile, inner_optimizer="adam", inner_batch=2),
 }
+JOB_SETTINGS = {"reptile-adam": ["algorithm.name=reptile", "algorithm.inner_optimizer=adam", "algorithm.inner_batch=2",
+                                 "algorithm.inner_lr=0.01"]}
 
 
 def test_the_docstring_example_runs():
@@ -36,8 +40,8 @@ def test_the_docstring_example_runs():
 
 @pytest.mark.parametrize("algorithm", sorted(API_LEARNERS))
 def test_a_learn2learn_style_loop_equals_the_trainer(algorithm, small1_uri, small2_uri, tmp_path):
-    job = tiny_job(small1_uri, small2_uri, tmp_path, f"algorithm.name={algorithm}", "train.steps=3",
-                   "optimizer.clip_norm=null", "checkpoint.every=0")
+    job = tiny_job(small1_uri, small2_uri, tmp_path, *JOB_SETTINGS.get(algorithm, [f"algorithm.name={algorithm}"]),
+                   "train.steps=3", "optimizer.clip_norm=null", "checkpoint.every=0")
     trained = ckpt_io.load(LocalTrainer(job, progress=False).run().checkpoint_uri).meta_params
 
     sampler = make_sampler(job, "train", progress=False)
@@ -55,6 +59,9 @@ def test_a_learn2learn_style_loop_equals_the_trainer(algorithm, small1_uri, smal
 
     mine = learner.meta_params()
     assert set(mine) == set(trained)
+    if algorithm == "reptile-adam":
+        assert not any(n.startswith("inner_adam.") for n, _ in learner.named_parameters())
+        assert float(mine["inner_adam.t"]) == job.train.steps * job.algorithm.inner_steps
     for name, value in trained.items():
         torch.testing.assert_close(mine[name], value, rtol=1e-5, atol=1e-6, msg=f"{algorithm}: {name}")
 

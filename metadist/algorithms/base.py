@@ -74,6 +74,9 @@ class MetaLearner(ABC):
     # Name prefixes of meta-parameters that belong to the algorithm, not the model (Meta-SGD's rates, Matching
     # Networks' LSTMs, the Siamese head): model_params leaves them out of every forward pass.
     extra_prefixes: tuple[str, ...] = ()
+    # Prefixes (among extra_prefixes) of entries that are running statistics rather than learned parameters: the outer
+    # step sets them to the mean the tasks report, with no optimizer (Reptile's inner Adam second moment).
+    running_prefixes: tuple[str, ...] = ()
 
     def __init__(self, model: torch.nn.Module, kind: str, *, inner_lr: float, inner_steps: int, eval_inner_steps: int) -> None:
         self.model = model
@@ -111,6 +114,11 @@ class MetaLearner(ABC):
         """The subset of meta_params that the model's forward takes (all but the `extra_prefixes` ones)."""
         return {k: v for k, v in meta_params.items() if not k.startswith(self.extra_prefixes)}
 
+    def task_start(self, meta_params: Params) -> Params:
+        """The model parameters every task starts from, before adaptation: model_params, unless the learner resets
+        some (the MAML family's zero head)."""
+        return self.model_params(meta_params)
+
     # -- learning --------------------------------------------------------------------------------------------
     @abstractmethod
     def compute_update(self, meta_params: Params, batch) -> Update:
@@ -134,7 +142,7 @@ class MetaLearner(ABC):
             out = self.predict(meta_params, adapted, batch.query_x)
             metrics = self.per_task_metrics(out, batch.query_y, "after")
             if self.adapts_weights:
-                before = over_tasks(self.forward, in_dims=(None, 0))(self.model_params(meta_params), batch.query_x)
+                before = over_tasks(self.forward, in_dims=(None, 0))(self.task_start(meta_params), batch.query_x)
                 metrics.update(self.per_task_metrics(before, batch.query_y, "before"))
         return metrics
 
@@ -145,7 +153,7 @@ class MetaLearner(ABC):
         if not self.adapts_weights:
             return {}
         with torch.no_grad():
-            out = over_tasks(self.forward, in_dims=(None, 0))(self.model_params(meta_params), batch.query_x)
+            out = over_tasks(self.forward, in_dims=(None, 0))(self.task_start(meta_params), batch.query_x)
             metrics = self.per_task_metrics(out, batch.query_y, "before")
         return {k: float(v.sum()) for k, v in metrics.items()}
 

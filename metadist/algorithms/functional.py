@@ -82,6 +82,61 @@ def sgd_adapt(
     return inner_sgd(params, steps=steps, lr=lr, adapt_names=adapt_names, gradient=gradient)
 
 
+def minibatch_adapt(
+    forward: Forward,
+    loss: Callable,
+    params: Params,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int | None = None,
+    second_moment: Params | None = None,
+    moment_steps: torch.Tensor | float = 0.0,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+) -> tuple[Params, Params | None]:
+    """Reptile's inner loop for one task, never differentiated through: `steps` steps, each on the next `batch_size`
+    examples of x [B, ...] (cycling; None = all B every step). Returns (adapted params, final second moment).
+
+    SGD when second_moment is None; otherwise Adam with β1 = 0 (Reptile's choice: RMSProp with Adam's bias
+    correction) starting from `second_moment` after `moment_steps` earlier steps, in torch.optim.Adam's arithmetic.
+    Reptile carries that moment from task to task, as the paper's code does (metadist.algorithms.reptile).
+    """
+    n = x.shape[0]
+    size = n if batch_size is None else min(batch_size, n)
+    fast = {k: v.detach() for k, v in params.items()}
+    second = None if second_moment is None else {k: second_moment[k] for k in fast}
+    for step in range(steps):
+        if size == n:
+            xb, yb = x, y
+        else:
+            rows = (torch.arange(size, device=x.device) + step * size) % n
+            xb, yb = x[rows], y[rows]
+        grads = {k: g.detach() for k, g in grad(lambda f: loss(forward(f, xb), yb))(fast).items()}
+        if second is None:
+            fast = {k: fast[k] - lr * grads[k] for k in fast}
+            continue
+        second = {k: beta2 * second[k] + (1 - beta2) * grads[k] ** 2 for k in fast}
+        root_correction = torch.sqrt(1 - beta2 ** (torch.as_tensor(moment_steps, dtype=x.dtype, device=x.device) + step + 1))
+        fast = {k: fast[k] - lr * grads[k] / (second[k].sqrt() / root_correction + eps) for k in fast}
+    return fast, second
+
+
+def interleave_classes(x: torch.Tensor, y: torch.Tensor, ways: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Support sets [T, N·K, ...] laid out class by class, reordered shot by shot (one example of every class, then
+    the next ...), so consecutive minibatches each hold every class in turn."""
+    per_task = x.shape[1]
+    if ways < 2 or per_task % ways or y.dim() != 2:
+        return x, y  # not an N-way episode (regression)
+    shots = per_task // ways
+    if not torch.equal(y, torch.arange(ways, device=y.device).repeat_interleave(shots).expand_as(y)):
+        return x, y  # another layout: leave it as it is
+    order = torch.arange(per_task, device=x.device).view(ways, shots).t().reshape(-1)
+    return x[:, order], y[:, order]
+
+
 def per_task(params: Params, tasks: int) -> Params:
     """Each tensor with a leading task axis of size `tasks`: an expanded view, so gradients flow back summed."""
     return {name: p.unsqueeze(0).expand(tasks, *p.shape) for name, p in params.items()}

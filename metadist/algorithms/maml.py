@@ -32,21 +32,38 @@ class MAML(MetaLearner):
     name = "maml"
     first_order = False
 
-    def __init__(self, *args, tasks_per_pass: int | None = None, **kwargs) -> None:
+    def __init__(self, *args, tasks_per_pass: int | None = None, zero_head: bool = False, **kwargs) -> None:
         """tasks_per_pass: compute_update differentiates at most this many tasks at a time and sums the parts.
 
         The result is the same up to float rounding; memory grows with the tasks whose graphs are alive together
         (times inner_steps + 1 for second order). None: for a model with forward_tasks on CPU, CPU_TASKS_PER_PASS,
         or fewer for second order with several inner steps (CPU_SECOND_ORDER_PASSES); otherwise the whole batch.
+
+        zero_head: every task starts its inner loop from a zero head (the model's HEAD parameters), not a learned
+        one: the "zeroing trick" of Kao et al. (2022). A task's labels are a random permutation, so a learned head
+        init can only be a bias towards some classes that adaptation must first undo; from zero, the first inner
+        step sets each class's weights to the inner rate times its support examples' mean features (minus the mean
+        over classes), prototype-like. The head's meta-parameters are then unused (their gradient is zero).
         """
         super().__init__(*args, **kwargs)
         if tasks_per_pass is not None and tasks_per_pass < 1:
             raise ValueError(f"{type(self).__name__}: tasks_per_pass must be >= 1 or None, got {tasks_per_pass}")
+        if zero_head and not getattr(self.model, "HEAD", None):
+            raise ValueError(f"{type(self).__name__}: zero_head needs a model that names its head parameters (HEAD); "
+                             f"{type(self.model).__name__} does not")
         self.tasks_per_pass = tasks_per_pass
+        self.zero_head = zero_head
 
     @classmethod
     def from_config(cls, config, model: torch.nn.Module, kind: str, **settings) -> Self:
-        return super().from_config(config, model, kind, tasks_per_pass=config.tasks_per_pass, **settings)
+        return super().from_config(config, model, kind, tasks_per_pass=config.tasks_per_pass, zero_head=config.zero_head,
+                                   **settings)
+
+    def task_start(self, meta_params: Params) -> Params:
+        params = self.model_params(meta_params)
+        if not self.zero_head:
+            return params
+        return params | {k: torch.zeros_like(params[k]) for k in self.model.HEAD}  # type: ignore[attr-defined]
 
     def inner_lrs(self, meta_params: Params) -> float | Params:
         return self.inner_lr
@@ -56,7 +73,7 @@ class MAML(MetaLearner):
 
     def _adapt_one(self, meta_params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, first_order: bool) -> Params:
         return sgd_adapt(
-            self.forward, self.loss, self.model_params(meta_params), x, y,
+            self.forward, self.loss, self.task_start(meta_params), x, y,
             steps=steps, lr=self.inner_lrs(meta_params), adapt_names=self.adapt_names(), first_order=first_order,
         )
 
@@ -79,8 +96,12 @@ class MAML(MetaLearner):
                 size = max(1, min(size, CPU_SECOND_ORDER_PASSES // (self.inner_steps + 1)))
         if size is not None and len(batch) > size:
             parts = [self._compute_update(meta_params, _task_slice(batch, start, start + size)) for start in range(0, len(batch), size)]
-            return sum(parts[1:], parts[0])
-        return self._compute_update(meta_params, batch)
+            update = sum(parts[1:], parts[0])
+        else:
+            update = self._compute_update(meta_params, batch)
+        if self.zero_head:  # the head's meta-parameters are unused; first order would otherwise move them along ∇θ'
+            update.tensors.update({k: torch.zeros_like(update.tensors[k]) for k in self.model.HEAD})  # type: ignore[attr-defined]
+        return update
 
     def _compute_update(self, meta_params: Params, batch) -> Update:
         forward_tasks = getattr(self.model, "forward_tasks", None)
@@ -113,7 +134,7 @@ class MAML(MetaLearner):
         with torch.enable_grad():
             if self.first_order:
                 # θ' is a constant: the inner loop builds no graph and the gradient is taken at θ' itself.
-                params = {k: v.detach() for k, v in self.model_params(meta_params).items()}
+                params = {k: v.detach() for k, v in self.task_start(meta_params).items()}
                 adapted = sgd_adapt_tasks(
                     forward_tasks, self.loss, params, batch.support_x, batch.support_y, steps=self.inner_steps,
                     lr=self.inner_lrs(meta_params), adapt_names=self.adapt_names(), first_order=True,
@@ -123,7 +144,7 @@ class MAML(MetaLearner):
             else:
                 wrt = {k: v.detach().requires_grad_() for k, v in meta_params.items()}
                 adapted = sgd_adapt_tasks(
-                    forward_tasks, self.loss, self.model_params(wrt), batch.support_x, batch.support_y,
+                    forward_tasks, self.loss, self.task_start(wrt), batch.support_x, batch.support_y,
                     steps=self.inner_steps, lr=self.inner_lrs(wrt), adapt_names=self.adapt_names(),
                 )
                 out = forward_tasks(adapted, batch.query_x)

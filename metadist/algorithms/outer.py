@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from metadist.algorithms.base import Update
+from metadist.algorithms.base import MetaLearner, Update
 from metadist.algorithms.functional import Params, all_finite
 from metadist.config import OptimizerConfig
 
@@ -40,13 +40,17 @@ class StepResult:
 
 
 class MetaOptimizer:
-    def __init__(self, meta_params: Params, config: OptimizerConfig, *, total_steps: int, fixed_lr: float | None = None) -> None:
-        """fixed_lr: plain SGD at this step with no schedule or clipping (the model-averaging learner's θ ← mean θ')."""
+    def __init__(self, meta_params: Params, config: OptimizerConfig, *, total_steps: int, fixed_lr: float | None = None,
+                 running_prefixes: tuple[str, ...] = ()) -> None:
+        """fixed_lr: plain SGD at this step with no schedule or clipping (the model-averaging learner's θ ← mean θ').
+        running_prefixes: entries that are running statistics, not learned (Reptile's inner Adam moments): each
+        outer step sets them to the tasks' mean (s ← s + mean delta), outside the optimizer, its schedule and clipping."""
         self.config = config
         self.total_steps = total_steps
         self.fixed_lr = fixed_lr
         self.params = {k: v.detach().clone().requires_grad_(True) for k, v in meta_params.items()}
-        tensors = list(self.params.values())
+        self.running = tuple(k for k in self.params if running_prefixes and k.startswith(running_prefixes))
+        tensors = [v for k, v in self.params.items() if k not in self.running]
         self.optimizer: torch.optim.Optimizer
         if fixed_lr is not None:
             self.optimizer = torch.optim.SGD(tensors, lr=fixed_lr)
@@ -57,15 +61,24 @@ class MetaOptimizer:
         self.step_count = 0  # outer steps applied
         self.skipped = 0  # updates refused for NaN/Inf
 
+    @classmethod
+    def for_learner(cls, learner: MetaLearner, meta_params: Params, config: OptimizerConfig, *, total_steps: int) -> MetaOptimizer:
+        """The outer optimizer a learner asks for: its fixed step, if any, and its running statistics."""
+        return cls(meta_params, config, total_steps=total_steps, fixed_lr=getattr(learner, "fixed_outer_lr", None),
+                   running_prefixes=learner.running_prefixes)
+
     def lr_at(self, step: int) -> float:
         if self.fixed_lr is not None:
             return self.fixed_lr
         c = self.config
         if step < c.warmup_steps:
             return c.lr * (step + 1) / c.warmup_steps
+        span = max(1, self.total_steps - c.warmup_steps)
+        progress = min(1.0, (step - c.warmup_steps) / span)
         if c.schedule == "cosine":
-            span = max(1, self.total_steps - c.warmup_steps)
-            return 0.5 * c.lr * (1 + math.cos(math.pi * min(1.0, (step - c.warmup_steps) / span)))
+            return 0.5 * c.lr * (1 + math.cos(math.pi * progress))
+        if c.schedule == "linear":
+            return c.lr * (1 - progress)
         return c.lr
 
     def apply(self, update: Update, step_scale: float = 1.0) -> StepResult:
@@ -76,14 +89,17 @@ class MetaOptimizer:
         if not all_finite(gradient):
             self.skipped += 1
             return StepResult(applied=False, lr=lr, update_norm=float("nan"))
+        with torch.no_grad():
+            for name in self.running:
+                self.params[name].sub_(gradient.pop(name))  # − (− mean delta): the tasks' mean statistic
         norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in gradient.values()])))
         scale = 1.0
         if self.fixed_lr is None and self.config.clip_norm is not None and norm > self.config.clip_norm:
             scale = self.config.clip_norm / (norm + 1e-12)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        for name, p in self.params.items():
-            p.grad = gradient[name] * scale
+        for name, g in gradient.items():
+            self.params[name].grad = g * scale
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step_count += 1

@@ -63,8 +63,12 @@ class MetaStep:
 
     def backward(self) -> None:
         """Add the mean meta-gradient (for Reptile and model averaging: minus the mean delta, so that a step of the
-        optimizer moves the parameters towards the adapted ones) into `.grad` of the learner's parameters."""
+        optimizer moves the parameters towards the adapted ones) into `.grad` of the learner's parameters; running
+        statistics (Reptile's inner Adam moment) are set to the tasks' mean here, once per call."""
         gradient = self.update.as_gradient()
+        with torch.no_grad():
+            for name, statistic in self._learner.running_statistics().items():
+                statistic.sub_(gradient[name].to(statistic.dtype))  # − (− mean delta): the tasks' mean
         for name, parameter in self._learner.named_meta_parameters().items():
             g = gradient[name].to(parameter.dtype)
             parameter.grad = g.clone() if parameter.grad is None else parameter.grad + g
@@ -91,18 +95,30 @@ class Learner(nn.Module):
         )
         own = dict(module.named_parameters())
         extra = {k: v for k, v in self.learner.init_meta_params().items() if k not in own}
+        running = self.learner.running_prefixes
+        is_running = lambda name: bool(running) and name.startswith(running)  # noqa: E731
         # nn.ParameterDict keys cannot hold dots; the learner's names (lr.features.0.weight) are kept beside them.
-        self.extra = nn.ParameterDict({_key(k): nn.Parameter(v) for k, v in extra.items()})
-        self._extra_names = {_key(k): k for k in extra}
+        self.extra = nn.ParameterDict({_key(k): nn.Parameter(v) for k, v in extra.items() if not is_running(k)})
+        self._extra_names = {_key(k): k for k in extra if not is_running(k)}
+        # Running statistics (Reptile's inner Adam moment) are buffers, not parameters: no optimizer steps them, and
+        # MetaStep.backward sets them to the tasks' mean.
+        self._running_names = {f"running_{_key(k)}": k for k in extra if is_running(k)}
+        for buffer, name in self._running_names.items():
+            self.register_buffer(buffer, extra[name].clone())
 
     # -- parameters ----------------------------------------------------------------------------------------------
     def named_meta_parameters(self) -> dict[str, nn.Parameter]:
         """The meta-parameters by the learner's names: the module's, then the algorithm's own."""
         return dict(self.module.named_parameters()) | {self._extra_names[k]: p for k, p in self.extra.items()}
 
+    def running_statistics(self) -> dict[str, torch.Tensor]:
+        """The algorithm's running statistics by the learner's names (buffers; Reptile's inner Adam moment)."""
+        return {name: getattr(self, buffer) for buffer, name in self._running_names.items()}
+
     def meta_params(self) -> Params:
-        """The meta-parameters as a dict of detached tensors (what the functional learners take)."""
-        return {k: p.detach() for k, p in self.named_meta_parameters().items()}
+        """The meta-parameters, and any running statistics, as a dict of detached tensors (what the functional
+        learners take)."""
+        return {k: p.detach() for k, p in (self.named_meta_parameters() | self.running_statistics()).items()}
 
     # -- learning ------------------------------------------------------------------------------------------------
     def compute_update(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
@@ -160,7 +176,8 @@ class MetaSGD(Learner):
 
 class Reptile(Learner):
     """Reptile (Nichol et al., 2018): move towards each task's adapted weights. `backward()` writes minus the mean
-    delta as the gradient, so `torch.optim.SGD(lr=ε)` takes Reptile's step θ ← θ + ε·mean(θ' − θ)."""
+    delta as the gradient, so `torch.optim.SGD(lr=ε)` takes Reptile's step θ ← θ + ε·mean(θ' − θ). The paper's
+    inner loop: `Reptile(module, inner_lr=0.001, inner_steps=5, inner_optimizer="adam", inner_batch=10)`."""
 
     algorithm = "reptile"
 

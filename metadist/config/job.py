@@ -20,13 +20,17 @@ BatchNormMode = Literal["transductive", "none"]
 Pooling = Literal["flatten", "mean"]
 AlgorithmName = Literal["maml", "fomaml", "reptile", "model_averaging", "anil", "metasgd", "protonet", "matching", "siamese"]
 OptimizerName = Literal["adam", "sgd"]
-ScheduleName = Literal["constant", "cosine"]
+ScheduleName = Literal["constant", "cosine", "linear"]
+InnerOptimizerName = Literal["sgd", "adam"]
 DistributedMode = Literal["sync", "async"]
 StalePolicy = Literal["drop", "downweight"]
 
 ALGORITHMS: tuple[str, ...] = get_args(AlgorithmName)
 # The metric learners embed only: their model has no classification head and they adapt no weights.
 METRIC_ALGORITHMS: tuple[str, ...] = ("protonet", "matching", "siamese")
+# Learners whose inner loop is not differentiated, so it may take minibatches and use Adam (Reptile's recipe).
+MINIBATCH_INNER_LOOP_ALGORITHMS: tuple[str, ...] = ("reptile", "model_averaging")
+ZERO_HEAD_ALGORITHMS: tuple[str, ...] = ("maml", "fomaml", "anil", "metasgd")
 DISTRIBUTED_MODES: tuple[str, ...] = get_args(DistributedMode)
 STALE_POLICIES: tuple[str, ...] = get_args(StalePolicy)
 # Where checkpoints go when checkpoint.uri is unset ({name}: the job's name).
@@ -186,11 +190,37 @@ class AlgorithmConfig(StrictModel):
     inner_lr: float = Field(0.4, gt=0, description="inner SGD step; 0.4 is MAML's Omniglot value (0.01 for sinusoids)")
     inner_steps: int = Field(1, ge=1, description="inner steps while meta-training; MAML uses 1 on 5-way Omniglot")
     eval_inner_steps: int = Field(3, ge=0, description="inner steps at evaluation; MAML evaluates Omniglot with 3")
+    inner_optimizer: InnerOptimizerName = Field(
+        "sgd", description="Reptile and model averaging: the inner loop's optimizer. 'adam' is Reptile's recipe "
+        "(β1 = 0, β2 = 0.999, a fresh state per task, inner_lr ≈ 0.001); the MAML family differentiates plain SGD only",
+    )
+    inner_batch: int | None = Field(
+        None, ge=1, description="Reptile and model averaging: examples per inner step, taken in turn from the support "
+        "set (every class in each batch), cycling; None = the whole support set each step. Reptile's Omniglot recipe: "
+        "10, with 10-shot training episodes, so 5 inner steps see each example once",
+    )
+    zero_head: bool = Field(
+        False, description="MAML family (maml, fomaml, anil, metasgd): every task adapts from a zero head rather than "
+        "a learned one (the zeroing trick, Kao et al. 2022); with it, first-order MAML learns about as well as MAML",
+    )
     matching_fce: bool = Field(False, description="Matching Networks: full-context embeddings (LSTMs over the support set)")
     tasks_per_pass: int | None = Field(
         None, ge=1, description="MAML family: tasks differentiated together (memory grows with it, the result does not "
         "change); None = 8 on CPU (fewer for second order with several inner steps), the whole meta-batch on GPU",
     )
+
+    @model_validator(mode="after")
+    def _inner_loop_settings(self) -> "AlgorithmConfig":
+        if self.inner_optimizer != "sgd" and self.name not in MINIBATCH_INNER_LOOP_ALGORITHMS:
+            raise ValueError(f"algorithm.inner_optimizer {self.inner_optimizer!r}: only for "
+                             f"{' and '.join(MINIBATCH_INNER_LOOP_ALGORITHMS)}; {self.name} adapts with plain SGD")
+        if self.inner_batch is not None and self.name not in MINIBATCH_INNER_LOOP_ALGORITHMS:
+            raise ValueError(f"algorithm.inner_batch: only for {' and '.join(MINIBATCH_INNER_LOOP_ALGORITHMS)}; "
+                             f"{self.name} adapts on the whole support set")
+        if self.zero_head and self.name not in ZERO_HEAD_ALGORITHMS:
+            raise ValueError(f"algorithm.zero_head: only for the MAML family ({', '.join(ZERO_HEAD_ALGORITHMS)}); "
+                             f"{self.name} has no inner loop over a classification head")
+        return self
 
     @property
     def is_metric(self) -> bool:
@@ -203,7 +233,7 @@ class OptimizerConfig(StrictModel):
 
     name: OptimizerName = Field("adam", description="'adam' (MAML's choice) or 'sgd'")
     lr: float = Field(1e-3, gt=0, description="outer step; MAML uses Adam at 1e-3 on Omniglot")
-    schedule: ScheduleName = Field("constant", description="'constant' or 'cosine' (to 0 over the run's steps)")
+    schedule: ScheduleName = Field("constant", description="'constant', 'cosine' or 'linear' (both to 0 over the run's steps; Reptile anneals its outer step linearly)")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps before the schedule")
     clip_norm: float | None = Field(10.0, gt=0, description="clip the update's global L2 norm; None disables")
 

@@ -78,10 +78,9 @@ class ParameterServer:
         self.job = job
         self.spec = ModelSpec.from_dict(spec)
         _, learner = build(job, self.spec)  # the same seeded initialisation as the local trainer
-        self.fixed_lr = getattr(learner, "fixed_outer_lr", None)
         initial = learner.init_meta_params()
         self.layout = ParamLayout.of(initial)
-        self.optimizer = MetaOptimizer(initial, job.optimizer, total_steps=job.train.steps, fixed_lr=self.fixed_lr)
+        self.optimizer = MetaOptimizer.for_learner(learner, initial, job.optimizer, total_steps=job.train.steps)
         self.applied = AppliedSteps()
         self.version = 0
         self.monitor = NodeMonitor(NODE_ID)

@@ -32,9 +32,7 @@ class LocalSteps(StepSource):
         self.model, self.learner = build(job, self.spec)
         self.model.to(self.device)
         meta_params = {k: v.to(self.device) for k, v in self.learner.init_meta_params().items()}
-        self.optimizer = MetaOptimizer(
-            meta_params, job.optimizer, total_steps=job.train.steps, fixed_lr=getattr(self.learner, "fixed_outer_lr", None)
-        )
+        self.optimizer = MetaOptimizer.for_learner(self.learner, meta_params, job.optimizer, total_steps=job.train.steps)
 
     def steps(self, start: int) -> Generator[StepOutcome, None, None]:
         tasks = task_indices(self.job.train.meta_batch)
