@@ -59,6 +59,8 @@ ROWS: dict[str, dict] = {
     "reptile-5way": {"target": 0.93, "job": "jobs/omniglot-5way-1shot-reptile.yaml", "sets": []},
     "reptile-20way": {"target": 0.93, "job": "jobs/omniglot-20way-1shot-reptile.yaml", "sets": []},
     "model-averaging-5way": {"target": 0.90, "job": "jobs/omniglot-5way-1shot-model-averaging.yaml", "sets": []},
+    "meta-lstm-5way": {"target": 0.90, "job": "jobs/omniglot-5way-1shot-meta-lstm.yaml", "sets": []},
+    "snail-5way": {"target": 0.95, "job": "jobs/omniglot-5way-1shot-snail.yaml", "sets": []},
     "protonet-5way": {"target": 0.97, "sets": ["algorithm.name=protonet", "model.downsample=maxpool", "data.episode.ways=20", "data.episode.shift=2",
                                               "train.meta_batch=2", "train.steps=3000", "data.episode.reflections=true"]},
     "matching-5way": {"sets": ["algorithm.name=matching", "data.episode.ways=20", "train.meta_batch=4", "train.steps=1000"]},

@@ -199,6 +199,60 @@ def test_zero_head_starts_every_task_from_a_zero_head(name, small1_uri):
         AlgorithmConfig(name="reptile", zero_head=True)
 
 
+def _preprocess_by_hand(x, p=10.0):
+    """Andrychowicz et al.'s gradient preprocessing, element by element."""
+    out = []
+    for v in x.reshape(-1).tolist():
+        out.append((math.log(abs(v)) / p, math.copysign(1.0, v) if v != 0 else 0.0) if abs(v) >= math.exp(-p) else (-1.0, math.exp(p) * v))
+    return torch.tensor(out, dtype=x.dtype)
+
+
+def test_meta_lstm_update_and_meta_gradient_match_a_hand_unrolled_lstm(small1_uri):
+    """The Meta-Learner LSTM against a hand computation: torch.nn.LSTMCell as the first layer, the gates and the
+    cell-state update written out, plain autograd through the unrolled steps with the support gradient and loss
+    as constants (the paper's choice), summed over tasks."""
+    torch.manual_seed(7)
+    model = Conv4(1, 3, hidden=2, image_size=7)
+    learner_ = LEARNERS["meta_lstm"](model, "classification", inner_lr=0.1, inner_steps=2, eval_inner_steps=2)
+    theta = learner_.init_meta_params()
+    batch = classification_batch(small1_uri, tasks=2, ways=3)
+    update = learner_.compute_update(theta, batch)
+    names = [k for k, _ in model.named_parameters()]
+    hidden = 20
+
+    leaves = leaf(theta)
+    first = torch.nn.LSTMCell(4, hidden).double()
+    with torch.no_grad():
+        first.bias_hh.zero_()
+    total = 0.0
+    for t in range(len(batch)):
+        x, y = batch.support_x[t], batch.support_y[t]
+        flat = torch.cat([leaves[n].reshape(-1) for n in names])
+        sizes = [leaves[n].numel() for n in names]
+        unflat = lambda f: {n: part.view(leaves[n].shape) for n, part in zip(names, f.split(sizes))}  # noqa: E731
+        h = c1 = torch.zeros(flat.numel(), hidden, dtype=torch.float64)
+        i_prev = f_prev = torch.zeros_like(flat)
+        for _ in range(2):
+            probe = flat.detach().requires_grad_()
+            loss = learner_.loss(functional_call(model, unflat(probe), (x,)), y)
+            g = torch.autograd.grad(loss, probe)[0]
+            inputs = torch.cat([_preprocess_by_hand(g), _preprocess_by_hand(loss.detach().reshape(1)).expand(flat.numel(), 2)], 1)
+            # the first layer is torch's own LSTM cell, with the learner's weights
+            h, c1 = torch._VF.lstm_cell(inputs, (h, c1), leaves["metalstm.lstm.weight_ih"], leaves["metalstm.lstm.weight_hh"],
+                                        leaves["metalstm.lstm.bias"], first.bias_hh)
+            i_t = torch.sigmoid(torch.cat([h, flat[:, None], i_prev[:, None]], 1) @ leaves["metalstm.input_gate.weight"] + leaves["metalstm.input_gate.bias"])
+            f_t = torch.sigmoid(torch.cat([h, flat[:, None], f_prev[:, None]], 1) @ leaves["metalstm.forget_gate.weight"] + leaves["metalstm.forget_gate.bias"])
+            flat = f_t * flat - i_t * g
+            i_prev, f_prev = i_t, f_t
+        total = total + learner_.loss(functional_call(model, unflat(flat), (batch.query_x[t],)), batch.query_y[t])
+    expected = dict(zip(leaves, torch.autograd.grad(total, list(leaves.values()))))
+    for k in theta:
+        torch.testing.assert_close(update.tensors[k], expected[k], rtol=1e-7, atol=1e-10, msg=k)
+    assert float(update.tensors["metalstm.input_gate.bias"].abs()) > 0  # the learned rate gets a gradient
+    # the input gate starts at inner_lr: the first step is SGD at 0.1 with the forget gate's shrinkage σ(5)
+    assert float(torch.sigmoid(theta["metalstm.input_gate.bias"])) == pytest.approx(0.1)
+
+
 def test_running_statistics_become_the_tasks_mean_whatever_the_outer_step():
     """Reptile's inner Adam moment is a running statistic: the outer step sets it to the tasks' mean, outside the
     optimizer's learning rate, schedule and clipping, while the parameters take the optimizer's step."""
@@ -261,7 +315,7 @@ def test_metasgd_learns_per_parameter_rates_with_exact_gradients():
         torch.testing.assert_close(update.tensors[k], g, rtol=1e-9, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", ["maml", "fomaml", "anil", "metasgd", "reptile", "protonet"])
+@pytest.mark.parametrize("name", ["maml", "fomaml", "anil", "metasgd", "meta_lstm", "reptile", "protonet"])
 def test_vmapped_update_equals_a_per_task_loop(small1_uri, name):
     torch.manual_seed(6)
     model = Conv4(1, None if name == "protonet" else 3, hidden=4, image_size=7)

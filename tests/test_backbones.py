@@ -18,7 +18,7 @@ BACKBONES = {
     "resnet12": ("model.name=resnet12", "model.hidden=8"),
     "wrn": ("model.name=wrn", "model.depth=10", "model.widen=1"),
 }
-LEARNERS = ("maml", "fomaml", "anil", "metasgd", "reptile", "protonet", "matching", "siamese")
+LEARNERS = ("maml", "fomaml", "anil", "metasgd", "meta_lstm", "reptile", "protonet", "matching", "siamese")
 
 
 def test_the_standard_sizes():
@@ -78,12 +78,18 @@ def ray_connection():
 
 
 @pytest.mark.cluster
-@pytest.mark.parametrize("backbone, learner", [("resnet12", "maml"), ("wrn", "protonet")])  # each backbone, each family
-def test_task_workers_give_the_local_trainers_parameters(ray_connection, backbone, learner, small1_uri, small2_uri, tmp_path):
+@pytest.mark.parametrize("backbone, learner, extra", [
+    ("resnet12", "maml", ()), ("wrn", "protonet", ()),  # each backbone, each family
+    ("resnet12", "meta_lstm", ()),  # a learned inner loop with meta-parameters of its own
+    # Reptile's inner Adam: a running statistic the parameter server sets to the tasks' mean
+    ("wrn", "reptile", ("algorithm.inner_optimizer=adam", "algorithm.inner_batch=2", "algorithm.inner_lr=0.01")),
+])
+def test_task_workers_give_the_local_trainers_parameters(ray_connection, backbone, learner, extra, small1_uri, small2_uri,
+                                                         tmp_path):
     from metadist.distributed import DistributedTrainer
 
-    sets = (*BACKBONES[backbone], f"algorithm.name={learner}", "train.steps=2", "train.meta_batch=2", "checkpoint.every=0",
-            "train.final_eval_episodes=2")
+    sets = (*BACKBONES[backbone], f"algorithm.name={learner}", *extra, "train.steps=2", "train.meta_batch=2",
+            "checkpoint.every=0", "train.final_eval_episodes=2")
     local = LocalTrainer(tiny_job(small1_uri, small2_uri, tmp_path / "local", *sets), progress=False).run()
     # One slice: the worker runs the same call on the same tasks as the local trainer, so the same bits.
     distributed = DistributedTrainer(tiny_job(small1_uri, small2_uri, tmp_path / "ray", *sets, "distributed.workers=2",

@@ -183,13 +183,14 @@ def test_siamese_vmap_equals_a_per_task_loop(small1_uri):
 
 
 # -- both -------------------------------------------------------------------------------------------------------------
-LEARNER_CASES = [("matching", False), ("matching", True), ("siamese", False)]
+LEARNER_CASES = [("matching", False), ("matching", True), ("siamese", False), ("snail", False)]
 # SGD steps that descend smoothly on these tiny nets: the scaled cosine starts overconfident and needs a small one
-SGD_LR = {"matching": 0.02, "siamese": 0.1}
+SGD_LR = {"matching": 0.02, "siamese": 0.1, "snail": 0.5}
 
 
 def _build(name: str, fce: bool):
-    return build_learner(AlgorithmConfig(name=name, matching_fce=fce), tiny_model(), "classification")
+    # classification_batch's episodes: WAYS ways, 2 shots (SNAIL's output layer and sequence length follow them)
+    return build_learner(AlgorithmConfig(name=name, matching_fce=fce), tiny_model(), "classification", ways=WAYS, shots=2)
 
 
 @pytest.mark.parametrize(("name", "fce"), LEARNER_CASES)
@@ -240,3 +241,69 @@ def _assert_vmap_equals_loop(algo, theta, batch, whole):
         torch.testing.assert_close(whole.tensors[k], total.tensors[k], rtol=1e-8, atol=1e-10)
     for k in whole.metrics:
         assert abs(whole.metrics[k] - total.metrics[k]) < 1e-8
+
+
+# -- SNAIL ----------------------------------------------------------------------------------------------------------
+def _snail_by_hand(head: dict, sequence: torch.Tensor, length: int) -> torch.Tensor:
+    """The paper's head, position by position: causal dilated convolutions of kernel 2 with gated activations, and
+    causal scaled dot-product attention, each appending to the features; the last position's logits."""
+    from metadist.algorithms.snail import ARCHITECTURE
+
+    xs = [row for row in sequence]  # T vectors
+    index = 0
+    for kind, size in ARCHITECTURE:
+        levels = [None] if kind == "attention" else range(math.ceil(math.log2(length)))
+        for level in levels:
+            name = f"blocks.{index}"
+            index += 1
+            if kind == "attention":
+                q = [head[f"{name}.query.weight"] @ x + head[f"{name}.query.bias"] for x in xs]
+                k = [head[f"{name}.key.weight"] @ x + head[f"{name}.key.bias"] for x in xs]
+                v = [head[f"{name}.value.weight"] @ x + head[f"{name}.value.bias"] for x in xs]
+                reads = []
+                for t in range(len(xs)):
+                    w = torch.softmax(torch.stack([q[t] @ k[j] for j in range(t + 1)]) / math.sqrt(size[0]), 0)
+                    reads.append(sum(w[j] * v[j] for j in range(t + 1)))
+            else:
+                d = 2**level
+                weight, bias = head[f"{name}.conv.weight"], head[f"{name}.conv.bias"]  # [2F, C, 2]
+                reads = []
+                for t in range(len(xs)):
+                    past = xs[t - d] if t >= d else torch.zeros_like(xs[t])
+                    out = weight[:, :, 0] @ past + weight[:, :, 1] @ xs[t] + bias
+                    value, gate = out.chunk(2)
+                    reads.append(torch.tanh(value) * torch.sigmoid(gate))
+            xs = [torch.cat([x, r]) for x, r in zip(xs, reads)]
+    return head["output.weight"] @ xs[-1] + head["output.bias"]
+
+
+def test_snail_logits_and_loss_equal_a_hand_computation(small1_uri):
+    """Each query is read as the sequence [support (embedding ⊕ one-hot label) ..., query (embedding ⊕ 0)]; its
+    logits are the head's output at the last position."""
+    torch.manual_seed(10)
+    algo = _build("snail", False)
+    theta = algo.init_meta_params()
+    batch = classification_batch(small1_uri, tasks=2, ways=WAYS)
+    head = {k[len("snail."):]: v for k, v in theta.items() if k.startswith("snail.")}
+    logits = algo.predict(theta, algo.adapt(theta, batch.support_x, batch.support_y), batch.query_x)
+    total = 0.0
+    for t in range(2):
+        support_z, query_z = embed(algo, theta, batch.support_x[t]), embed(algo, theta, batch.query_x[t])
+        labels = F.one_hot(batch.support_y[t], WAYS).double()
+        for q in range(query_z.shape[0]):
+            sequence = torch.cat([torch.cat([support_z, labels], 1), torch.cat([query_z[q], torch.zeros(WAYS)])[None]])
+            expected = _snail_by_hand(head, sequence, length=WAYS * 2 + 1)
+            torch.testing.assert_close(logits[t, q], expected, rtol=1e-9, atol=1e-10)
+            total += float(F.cross_entropy(expected[None], batch.query_y[t, q][None]))
+    update = algo.compute_update(theta, batch)
+    assert update.metrics["loss_after"] == pytest.approx(total / query_z.shape[0], rel=1e-9)
+    with pytest.raises(ValueError, match="trained on 3-way tasks"):
+        algo.adapt(theta, batch.support_x[:, :4], torch.tensor([[0, 0, 1, 1]] * 2))
+
+
+def test_snail_is_tested_on_as_many_ways_as_it_trains_on():
+    from metadist.config import JobConfig, apply_overrides
+    from metadist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="snail's output layer has one logit per training way"):
+        apply_overrides(JobConfig(), ["algorithm.name=snail", "data.episode.ways=20"])

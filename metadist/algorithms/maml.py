@@ -86,10 +86,14 @@ class MAML(MetaLearner):
     def _aux(self, out: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"accuracy_after": accuracy(out, y)} if self.kind == "classification" else {}
 
+    def task_forward(self) -> TaskForward | None:
+        """The model's all-tasks-at-once forward (the faster route for SGD inner loops), or None for vmap's route."""
+        return getattr(self.model, "forward_tasks", None)
+
     def compute_update(self, meta_params: Params, batch) -> Update:
         on_cpu = batch.support_x.device.type == "cpu"
         size = self.tasks_per_pass
-        if size is None and on_cpu and getattr(self.model, "forward_tasks", None) is not None:
+        if size is None and on_cpu and self.task_forward() is not None:
             # (models without forward_tasks go through vmap, whose per-call cost favours one pass: unchanged)
             size = CPU_TASKS_PER_PASS
             if not self.first_order:
@@ -104,7 +108,7 @@ class MAML(MetaLearner):
         return update
 
     def _compute_update(self, meta_params: Params, batch) -> Update:
-        forward_tasks = getattr(self.model, "forward_tasks", None)
+        forward_tasks = self.task_forward()
         if forward_tasks is not None:
             return self._compute_update_all_tasks(forward_tasks, meta_params, batch)
         args = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)

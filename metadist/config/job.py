@@ -18,7 +18,10 @@ ModelName = Literal["conv4", "resnet12", "wrn", "mlp"]
 Downsample = Literal["stride", "maxpool"]
 BatchNormMode = Literal["transductive", "none"]
 Pooling = Literal["flatten", "mean"]
-AlgorithmName = Literal["maml", "fomaml", "reptile", "model_averaging", "anil", "metasgd", "protonet", "matching", "siamese"]
+AlgorithmName = Literal[
+    "maml", "fomaml", "reptile", "model_averaging", "anil", "metasgd", "meta_lstm", "protonet", "matching", "siamese",
+    "snail",
+]
 OptimizerName = Literal["adam", "sgd"]
 ScheduleName = Literal["constant", "cosine", "linear"]
 InnerOptimizerName = Literal["sgd", "adam"]
@@ -27,7 +30,7 @@ StalePolicy = Literal["drop", "downweight"]
 
 ALGORITHMS: tuple[str, ...] = get_args(AlgorithmName)
 # The metric learners embed only: their model has no classification head and they adapt no weights.
-METRIC_ALGORITHMS: tuple[str, ...] = ("protonet", "matching", "siamese")
+METRIC_ALGORITHMS: tuple[str, ...] = ("protonet", "matching", "siamese", "snail")
 # Learners whose inner loop is not differentiated, so it may take minibatches and use Adam (Reptile's recipe).
 MINIBATCH_INNER_LOOP_ALGORITHMS: tuple[str, ...] = ("reptile", "model_averaging")
 ZERO_HEAD_ALGORITHMS: tuple[str, ...] = ("maml", "fomaml", "anil", "metasgd")
@@ -217,6 +220,9 @@ class AlgorithmConfig(StrictModel):
         if self.inner_batch is not None and self.name not in MINIBATCH_INNER_LOOP_ALGORITHMS:
             raise ValueError(f"algorithm.inner_batch: only for {' and '.join(MINIBATCH_INNER_LOOP_ALGORITHMS)}; "
                              f"{self.name} adapts on the whole support set")
+        if self.name == "meta_lstm" and not self.inner_lr < 1:
+            raise ValueError(f"algorithm.inner_lr {self.inner_lr}: meta_lstm starts its input gate (a sigmoid) there, "
+                             "so it must be below 1 (0.1 is typical)")
         if self.zero_head and self.name not in ZERO_HEAD_ALGORITHMS:
             raise ValueError(f"algorithm.zero_head: only for the MAML family ({', '.join(ZERO_HEAD_ALGORITHMS)}); "
                              f"{self.name} has no inner loop over a classification head")
@@ -492,6 +498,11 @@ class JobConfig(StrictModel):
             if self.model.name == "mlp":
                 raise ValueError("model.name 'mlp' is for regression; image classification takes 'conv4', 'resnet12' or 'wrn'")
             train_ways, test_ways = self.data.episode.ways, self.data.test_episode.ways
+            if self.algorithm.name == "snail" and test_ways != train_ways:
+                raise ValueError(
+                    f"data.test_episode.ways = {test_ways} differs from data.episode.ways = {train_ways}: snail's output "
+                    "layer has one logit per training way, so it is tested on tasks of as many ways"
+                )
             if not metric and test_ways > train_ways:
                 raise ValueError(
                     f"data.test_episode.ways = {test_ways} exceeds data.episode.ways = {train_ways}: "

@@ -55,7 +55,8 @@ def build(job: JobConfig, spec: ModelSpec, *, seed: int | None = None) -> tuple[
     """The model template and its learner. Initial weights depend only on the seed."""
     torch.manual_seed(job.train.seed if seed is None else seed)
     model = build_model(job.model, input_shape=spec.input_shape, outputs=spec.outputs)
-    return model, build_learner(job.algorithm, model, spec.kind)
+    episode = job.data.episode
+    return model, build_learner(job.algorithm, model, spec.kind, ways=episode.ways, shots=episode.shots)
 
 
 def resolve_device(name: str) -> torch.device:
