@@ -221,13 +221,13 @@ def main() -> None:
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
-    results = load_json(RESULTS_PATH, {})
     names = args.rows or list(ROWS)
     if args.parallel:
         with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
             done = dict(zip(names, pool.map(lambda n: row_in_subprocess(n, args.budget_s, args.threads, args.extra, args.l2l_python), names)))
     for name in names:
         r = done[name] if args.parallel else row_in_subprocess(name, args.budget_s, args.threads, args.extra, args.l2l_python)
+        results = load_json(RESULTS_PATH, {})  # read again: another run of this script may have added rows since
         results[variant(name, args.extra)] = r
         print(variant(name, args.extra), *describe(r)[:2], f"{r['steps']} steps, {r['train_time_s']:.0f} s", flush=True)
         write_json(RESULTS_PATH, results, sort_keys=True)
