@@ -150,6 +150,26 @@ def test_a_trial_that_raises_is_reported_and_the_search_goes_on(ray_env, small1_
 
 
 @pytest.mark.cluster
+def test_distributed_trials_reserve_their_workers_together_and_run_one_after_another_on_a_small_cluster(
+        ray_env, small1_uri, small2_uri, tmp_path, capsys):
+    """Each trial is a distributed job (a task worker and a parameter server of its own): its placement group holds
+    the trainer's CPU and the worker's together, so on a local Ray of 2 CPUs the two trials take turns, each to its
+    end, instead of each holding a CPU and waiting forever for its worker's."""
+    from metadist.cli import main
+
+    # No evaluation before the end: ASHA has nothing to stop a trial on, so both run their 6 steps.
+    job = tiny_job(small1_uri, small2_uri, tmp_path, *TUNE_SETS, "train.eval_every=0", "distributed.workers=1")
+    job_file, space_file = _files(tmp_path, job, {"algorithm.inner_lr": {"grid": [0.2, 0.4]}})
+    assert main(["tune", job_file, "--space", space_file, "--trials", "1", "--storage", str(tmp_path / "s"),
+                 "--no-progress", "--json"]) == 0
+    trials = _json_at_end(capsys.readouterr().out)["trials"]
+    assert sorted(t["settings"]["algorithm.inner_lr"] for t in trials) == [0.2, 0.4]
+    assert [t["status"] for t in trials] == ["finished", "finished"] and all(t["step"] == 6 for t in trials)
+    for trial in trials:  # each trial trained through its own parameter server: its metadist checkpoints
+        assert list((tmp_path / "s" / "trials" / trial["trial_id"] / "checkpoints").glob("run-*/step-00000006.*"))
+
+
+@pytest.mark.cluster
 def test_a_search_resumes_after_its_driver_is_killed_without_rerunning_finished_trials(
         ray_env, small1_uri, small2_uri, tmp_path):
     # Trials take over warm processes, so each is about as long as its training: evaluations of RESUME_EVAL_EPISODES
