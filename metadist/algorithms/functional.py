@@ -114,7 +114,7 @@ def minibatch_adapt(
         else:
             rows = (torch.arange(size, device=x.device) + step * size) % n
             xb, yb = x[rows], y[rows]
-        grads = {k: g.detach() for k, g in grad(lambda f: loss(forward(f, xb), yb))(fast).items()}
+        grads = {k: g.detach() for k, g in grad(lambda f, xb=xb, yb=yb: loss(forward(f, xb), yb))(fast).items()}
         if second is None:
             fast = {k: fast[k] - lr * grads[k] for k in fast}
             continue

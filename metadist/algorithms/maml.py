@@ -59,11 +59,15 @@ class MAML(MetaLearner):
         return super().from_config(config, model, kind, tasks_per_pass=config.tasks_per_pass, zero_head=config.zero_head,
                                    **settings)
 
+    def head_names(self) -> tuple[str, ...]:
+        """The model's head parameters (its class states them: `HEAD`)."""
+        return tuple(getattr(self.model, "HEAD", ()))
+
     def task_start(self, meta_params: Params) -> Params:
         params = self.model_params(meta_params)
         if not self.zero_head:
             return params
-        return params | {k: torch.zeros_like(params[k]) for k in self.model.HEAD}  # type: ignore[attr-defined]
+        return params | {k: torch.zeros_like(params[k]) for k in self.head_names()}
 
     def inner_lrs(self, meta_params: Params) -> float | Params:
         return self.inner_lr
@@ -104,7 +108,7 @@ class MAML(MetaLearner):
         else:
             update = self._compute_update(meta_params, batch)
         if self.zero_head:  # the head's meta-parameters are unused; first order would otherwise move them along ∇θ'
-            update.tensors.update({k: torch.zeros_like(update.tensors[k]) for k in self.model.HEAD})  # type: ignore[attr-defined]
+            update.tensors.update({k: torch.zeros_like(update.tensors[k]) for k in self.head_names()})
         return update
 
     def _compute_update(self, meta_params: Params, batch) -> Update:

@@ -52,8 +52,9 @@ class DenseBlock(nn.Module):
         support_out = self.conv(sequence)[0].t()  # [S, 2F]
         position = support.shape[0]
         past = support[position - self.dilation] if position >= self.dilation else torch.zeros_like(support[0])
-        weight = self.conv.weight  # [2F, C, 2]: tap 0 reads t − dilation, tap 1 reads t
-        query_out = queries @ weight[:, :, 1].t() + past @ weight[:, :, 0].t() + self.conv.bias
+        weight, bias = self.conv.weight, self.conv.bias  # weight [2F, C, 2]: tap 0 reads t − dilation, tap 1 reads t
+        assert bias is not None
+        query_out = queries @ weight[:, :, 1].t() + past @ weight[:, :, 0].t() + bias
         return _gated(support, support_out), _gated(queries, query_out)
 
 
