@@ -307,3 +307,19 @@ def test_snail_is_tested_on_as_many_ways_as_it_trains_on():
 
     with pytest.raises(ConfigError, match="snail's output layer has one logit per training way"):
         apply_overrides(JobConfig(), ["algorithm.name=snail", "data.episode.ways=20"])
+
+
+@pytest.mark.parametrize("name", ["protonet", "snail"])
+def test_tasks_per_pass_splits_the_batch_without_changing_the_update(small1_uri, name):
+    """algorithm.tasks_per_pass bounds how many tasks are differentiated together (memory); the update is the same."""
+    batch = classification_batch(small1_uri, tasks=3, ways=WAYS)
+    torch.manual_seed(11)
+    whole = build_learner(AlgorithmConfig(name=name), tiny_model(), "classification", ways=WAYS, shots=2)
+    torch.manual_seed(11)
+    split = build_learner(AlgorithmConfig(name=name, tasks_per_pass=1), tiny_model(), "classification", ways=WAYS, shots=2)
+    assert split.tasks_per_pass == 1 and whole.tasks_per_pass is None
+    theta = whole.init_meta_params()
+    a, b = whole.compute_update(theta, batch), split.compute_update(theta, batch)
+    assert a.num_tasks == b.num_tasks == 3 and a.metrics == pytest.approx(b.metrics)
+    for k in theta:
+        torch.testing.assert_close(a.tensors[k], b.tensors[k], rtol=1e-9, atol=1e-12)

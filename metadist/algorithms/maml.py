@@ -17,7 +17,7 @@ from typing import Self
 import torch
 from torch.func import grad_and_value
 
-from metadist.algorithms.base import MetaLearner, Update
+from metadist.algorithms.base import MetaLearner, Update, task_slice
 from metadist.algorithms.functional import Params, TaskForward, accuracy, over_tasks, sgd_adapt, sgd_adapt_tasks
 
 # On CPU, 8 tasks at a time is 10-20% faster than 32 (conv-4, Omniglot 5- and 20-way, 2 cores: the activations of
@@ -103,7 +103,7 @@ class MAML(MetaLearner):
             if not self.first_order:
                 size = max(1, min(size, CPU_SECOND_ORDER_PASSES // (self.inner_steps + 1)))
         if size is not None and len(batch) > size:
-            parts = [self._compute_update(meta_params, _task_slice(batch, start, start + size)) for start in range(0, len(batch), size)]
+            parts = [self._compute_update(meta_params, task_slice(batch, start, start + size)) for start in range(0, len(batch), size)]
             update = sum(parts[1:], parts[0])
         else:
             update = self._compute_update(meta_params, batch)
@@ -177,8 +177,3 @@ class MAML(MetaLearner):
 class FirstOrderMAML(MAML):
     name = "fomaml"
     first_order = True
-
-
-def _task_slice(batch, start: int, stop: int):
-    """Tasks [start, stop) of a batch: every tensor field with a task axis sliced, the rest kept."""
-    return type(batch)(**{k: (v[start:stop] if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in vars(batch).items()})

@@ -208,8 +208,9 @@ class AlgorithmConfig(StrictModel):
     )
     matching_fce: bool = Field(False, description="Matching Networks: full-context embeddings (LSTMs over the support set)")
     tasks_per_pass: int | None = Field(
-        None, ge=1, description="MAML family: tasks differentiated together (memory grows with it, the result does not "
-        "change); None = 8 on CPU (fewer for second order with several inner steps), the whole meta-batch on GPU",
+        None, ge=1, description="tasks differentiated together (memory grows with it, the result does not change). MAML "
+        "family: None = 8 on CPU (fewer for second order with several inner steps), the whole meta-batch on GPU; "
+        "metric learners: None = the whole meta-batch (set 1 or 2 for ResNet-12 on 84-pixel images)",
     )
 
     @model_validator(mode="after")
