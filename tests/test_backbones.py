@@ -18,7 +18,7 @@ BACKBONES = {
     "resnet12": ("model.name=resnet12", "model.hidden=8"),
     "wrn": ("model.name=wrn", "model.depth=10", "model.widen=1"),
 }
-LEARNERS = ("maml", "fomaml", "anil", "metasgd", "meta_lstm", "reptile", "protonet", "matching", "siamese")
+LEARNERS = ("maml", "fomaml", "anil", "metasgd", "meta_lstm", "reptile", "protonet", "matching", "siamese", "snail")
 
 
 def test_the_standard_sizes():
