@@ -1,11 +1,8 @@
 """What both sides of bench/backbone_speed.py share (plain torch, importable under either interpreter): the episode
-shape and the synthetic episodes, and the result line."""
+shape, the synthetic episodes, and what a side reports."""
 
 from __future__ import annotations
 
-import json
-
-RESULT_MARK = "@@bench-result "  # bench/common/results.py: the prefix of a worker process's result line
 WAYS, SHOTS, QUERIES, TASKS, SIZE = 5, 1, 15, 4, 84
 
 
@@ -21,5 +18,6 @@ def episodes(count: int, seed: int = 0):
              torch.rand(TASKS, WAYS * QUERIES, 3, SIZE, SIZE, generator=generator), query_y) for _ in range(count)]
 
 
-def result_line(tasks_per_s: float, peak_mb: float, version: str) -> str:
-    return json.dumps({"tasks_per_s": tasks_per_s, "peak_rss_mb": peak_mb, "version": version})
+def side_result(tasks_per_s: float, peak_mb: float, version: str) -> dict:
+    """One side's figures, as its worker process emits them (common.results.emit)."""
+    return {"tasks_per_s": tasks_per_s, "peak_rss_mb": peak_mb, "version": version}

@@ -19,7 +19,8 @@ import resource
 import time
 import warnings
 
-from _backbone_common import RESULT_MARK, WAYS, episodes, result_line
+from _backbone_common import WAYS, episodes, side_result
+from common.results import emit
 
 
 def main() -> None:
@@ -72,7 +73,7 @@ def main() -> None:
         if index >= args.warmup:
             timed += time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(RESULT_MARK + result_line(args.steps * len(batches[0][0]) / timed, peak_mb, l2l.__version__), flush=True)
+    emit(side_result(args.steps * len(batches[0][0]) / timed, peak_mb, l2l.__version__))
 
 
 if __name__ == "__main__":

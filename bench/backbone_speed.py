@@ -26,11 +26,11 @@ import resource
 import sys
 import time
 
-from _backbone_common import TASKS, WAYS, episodes, result_line
+from _backbone_common import TASKS, WAYS, episodes, side_result
 from common import BENCH_DIR
 from common.docs import markdown_table, replace_section
 from common.peers import add_l2l_argument, resolve_l2l_python
-from common.results import RESULT_MARK, add_output_arguments, machine_info, results_path, run_worker, worker_env, write_json
+from common.results import add_output_arguments, emit, machine_info, results_path, run_worker, worker_env, write_json
 
 RESULTS_PATH = results_path("backbone_speed")
 HEADING = "## Backbones: ResNet-12 speed and memory against learn2learn"
@@ -66,7 +66,7 @@ def metadist_side(learner: str, threads: int, warmup: int, steps: int) -> None:
         if index >= warmup:
             timed += time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(RESULT_MARK + result_line(steps * TASKS / timed, peak_mb, metadist.__version__), flush=True)
+    emit(side_result(steps * TASKS / timed, peak_mb, metadist.__version__))
 
 
 def main() -> None:

@@ -7,10 +7,10 @@ parameters and no optimizer: those live in one place (the local trainer's loop o
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import torch
 from torch.func import grad_and_value
@@ -171,6 +171,15 @@ def task_slice(batch, start: int, stop: int):
     return type(batch)(**{k: (v[start:stop] if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in vars(batch).items()})
 
 
+def in_passes(compute: Callable[[Params, Any], Update], meta_params: Params, batch, size: int | None) -> Update:
+    """compute(meta_params, batch) over at most `size` tasks at a time (None: all at once), the parts summed: the same
+    update up to float rounding, with the memory of `size` tasks."""
+    if size is None or len(batch) <= size:
+        return compute(meta_params, batch)
+    parts = [compute(meta_params, task_slice(batch, start, start + size)) for start in range(0, len(batch), size)]
+    return sum(parts[1:], parts[0])
+
+
 class MetricLearner(MetaLearner):
     """A learner that classifies by comparing embeddings (ProtoNet, Matching, Siamese, SNAIL): no weights adapt, so
     there is no inner loop and no before-adaptation score. A subclass states one task's loss and accuracy
@@ -199,11 +208,7 @@ class MetricLearner(MetaLearner):
         """One task's query loss and accuracy (scalars) from its support (sx, sy) and queries (qx, qy)."""
 
     def compute_update(self, meta_params: Params, batch) -> Update:
-        size = self.tasks_per_pass
-        if size is not None and len(batch) > size:
-            parts = [self._compute_update(meta_params, task_slice(batch, start, start + size)) for start in range(0, len(batch), size)]
-            return sum(parts[1:], parts[0])
-        return self._compute_update(meta_params, batch)
+        return in_passes(self._compute_update, meta_params, batch, self.tasks_per_pass)
 
     def _compute_update(self, meta_params: Params, batch) -> Update:
         ways = self.ways(batch.support_y)

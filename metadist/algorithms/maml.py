@@ -17,7 +17,7 @@ from typing import Self
 import torch
 from torch.func import grad_and_value
 
-from metadist.algorithms.base import MetaLearner, Update, task_slice
+from metadist.algorithms.base import MetaLearner, Update, in_passes
 from metadist.algorithms.functional import Params, TaskForward, accuracy, over_tasks, sgd_adapt, sgd_adapt_tasks
 
 # On CPU, 8 tasks at a time is 10-20% faster than 32 (conv-4, Omniglot 5- and 20-way, 2 cores: the activations of
@@ -102,11 +102,7 @@ class MAML(MetaLearner):
             size = CPU_TASKS_PER_PASS
             if not self.first_order:
                 size = max(1, min(size, CPU_SECOND_ORDER_PASSES // (self.inner_steps + 1)))
-        if size is not None and len(batch) > size:
-            parts = [self._compute_update(meta_params, task_slice(batch, start, start + size)) for start in range(0, len(batch), size)]
-            update = sum(parts[1:], parts[0])
-        else:
-            update = self._compute_update(meta_params, batch)
+        update = in_passes(self._compute_update, meta_params, batch, size)
         if self.zero_head:  # the head's meta-parameters are unused; first order would otherwise move them along ∇θ'
             update.tensors.update({k: torch.zeros_like(update.tensors[k]) for k in self.head_names()})
         return update
