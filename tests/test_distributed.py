@@ -380,7 +380,23 @@ def test_async_applies_every_step_once_within_the_default_staleness_bound(ray_cl
     result = DistributedTrainer(job, progress=False).run()
     assert result.steps == result.applied_steps == 8
     assert max(h["staleness_max"] for h in result.history) <= 1
-    assert result.history[-1]["dropped_stale_updates"] == 0  # at most S + 1 in flight: none arrives too stale
+    last = result.history[-1]  # a dropped update's step was computed again, and counted
+    assert last["recomputed_tasks"] == last["dropped_stale_updates"] * job.train.meta_batch
+
+
+def test_async_dispatch_is_held_only_for_a_straggler_at_the_staleness_bound():
+    from metadist.distributed.async_steps import DispatchGate
+
+    gate = DispatchGate(bound=3, workers=4)
+    assert not gate.holds(None, 0.0)  # nothing in flight
+    assert not gate.holds(2, 10.0)  # below the bound: a new step cannot push it past S
+    assert gate.holds(3, 0.01)  # at the bound while start-up times are still unknown: wait for it
+    for seconds in (0.25, 0.26, 0.25, 0.24):
+        gate.finished(seconds)
+    assert gate.typical_s() == pytest.approx(0.25)
+    # The steady state with W = 4: the oldest is W - 1 behind and three quarters through its step; it arrives first.
+    assert not gate.holds(3, 0.19)
+    assert gate.holds(3, 0.3)  # a straggler: a new step could overtake it
 
 
 @cluster

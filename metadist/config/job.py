@@ -398,7 +398,8 @@ class DistributedConfig(StrictModel):
         None, ge=0,
         description="async: S, the most versions an update's parameters may lag the server's; None = workers - 1, "
         "which lets all W workers contribute (with W in flight, W-1 lag is the normal case). Enforced when steps are "
-        "handed out (none while the oldest in flight is S versions behind) and on arrival (drop or downweight)",
+        "handed out (held only while the oldest in flight is S versions behind and slower than a typical step) and on "
+        "arrival (drop or downweight)",
     )
     stale_policy: StalePolicy = Field(
         "drop",

@@ -5,9 +5,11 @@ the server applies each as it arrives. The staleness of an update is how many ve
 it was computed; above `max_staleness` it is dropped and its step recomputed on fresh parameters
 (`stale_policy: drop`) or applied scaled by 1/(1 + staleness - S) (`downweight`). Either way each of the run's
 `train.steps` outer steps is applied exactly once. Staleness is enforced when steps are handed out too (S =
-max_staleness, by default workers - 1): no step is handed out while the oldest one in flight is already S versions
-behind, since a new step finishing first would push it past S; so updates arrive too stale only if a worker dies or
-hangs. Workers that die, raise or hang are handled as in sync mode
+max_staleness, by default workers - 1; `DispatchGate`): with W workers each step normally arrives W - 1 versions
+behind, so a free worker gets a step at once unless the oldest in flight is S versions behind *and* has already run
+as long as a typical step, a straggler that a new step could overtake and push past S. Updates therefore arrive
+too stale only when a worker is slower than the others by more than a step, dies, or hangs. Workers that die,
+raise or hang are handled as in sync mode
 (metadist.distributed.failures); a lost server is restarted from the last checkpoint and the steps applied since
 are computed again, without being counted twice.
 """
@@ -15,6 +17,7 @@ are computed again, without being counted twice.
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from collections import deque
 from collections.abc import Generator
@@ -40,6 +43,41 @@ def staleness_weight(staleness: int, max_staleness: int, policy: str) -> float |
     return None if policy == "drop" else 1.0 / (1 + staleness - max_staleness)
 
 
+# How many recent step durations make the "typical" one (their median) that DispatchGate compares against.
+RECENT_STEPS = 32
+
+
+class DispatchGate:
+    """Whether one more step may be handed out without pushing the oldest one in flight past the staleness bound.
+
+    Holding every dispatch while the oldest in flight is S versions behind would keep at most W - 1 steps in flight
+    (in the steady state the oldest is always exactly W - 1 behind, about to arrive): one worker idles all the time.
+    A new step overtakes the oldest only if the oldest takes a step longer than the new one, so dispatch is held only
+    for an oldest step that is at the bound and has already run as long as a typical step (the median of the recent
+    ones). Until every worker has finished a step, the typical time is unknown (the first steps include the workers'
+    start-up, which varies) and any oldest step at the bound holds dispatch.
+    """
+
+    def __init__(self, bound: int, workers: int) -> None:
+        self.bound, self.workers = bound, workers
+        self.recent: deque[float] = deque(maxlen=RECENT_STEPS)
+        self.observed = 0
+
+    def finished(self, seconds: float) -> None:
+        self.recent.append(seconds)
+        self.observed += 1
+
+    def typical_s(self) -> float | None:
+        return statistics.median(self.recent) if self.observed >= self.workers else None
+
+    def holds(self, oldest_lag: int | None, oldest_elapsed_s: float) -> bool:
+        """`oldest_lag`: versions the server moved on since the oldest step in flight was sent (None: none in flight)."""
+        if oldest_lag is None or oldest_lag < self.bound:
+            return False
+        typical = self.typical_s()
+        return typical is None or oldest_elapsed_s >= typical
+
+
 @dataclass(frozen=True)
 class InFlightStep:
     """A whole step handed to a worker: which step, to whom, on which parameter version, and where its update is."""
@@ -59,6 +97,7 @@ class AsyncSchedule:
     def steps(self, start: int) -> Generator[StepOutcome, None, None]:
         config, train = self.job.distributed, self.job.train
         bound = config.staleness_bound()
+        gate = DispatchGate(bound, config.workers)
         redo: deque[int] = deque()  # steps to compute again (their worker died, or their update was too stale)
         silent: set[int] = set()  # steps applied again after a server restart: already counted by the loop
         next_new = start  # steps below this were handed out (or applied before a resume)
@@ -70,9 +109,10 @@ class AsyncSchedule:
             for slot in self.group.live_workers():
                 if slot.worker_id in busy:
                     continue
-                oldest = min((s.version for s in inflight.values()), default=None)
-                if oldest is not None and self.server.params.version - oldest >= bound:
-                    break  # the oldest in flight is S versions behind: one more step overtaking it would make it too stale
+                oldest = min(inflight.values(), key=lambda s: (s.version, s.sent_at), default=None)
+                lag = None if oldest is None else self.server.params.version - oldest.version
+                if gate.holds(lag, time.monotonic() - oldest.sent_at if oldest else 0.0):
+                    break  # a straggler at the bound: one more step overtaking it would make it too stale
                 if redo:
                     step = redo.popleft()
                 elif next_new < train.steps:
@@ -92,6 +132,7 @@ class AsyncSchedule:
                 try:
                     slice_report = ray.get(ref)
                     self.failures.finished(sent)
+                    gate.finished(time.monotonic() - sent.sent_at)
                 except RayActorError as exc:
                     self.group.lost(sent.worker_id, exc)
                     self._redo(redo, sent.step)
