@@ -353,6 +353,19 @@ def test_a_worker_that_keeps_raising_fails_the_run_naming_its_node_and_error(und
 
 
 @cluster
+def test_a_pretrained_distributed_run_equals_the_local_one(ray_cluster, small1_uri, small2_uri, tmp_path):
+    """Pre-training runs once, in the driver; the parameter server starts meta-training from its weights."""
+    from metadist.distributed import DistributedTrainer
+
+    pretrained = ("pretrain.epochs=1", "train.steps=3")
+    local = LocalTrainer(tiny_job(small1_uri, small2_uri, tmp_path / "local", *pretrained), progress=False).run()
+    one_slice = tiny_job(small1_uri, small2_uri, tmp_path / "dist", *pretrained, *TWO_WORKERS, "distributed.slices=1")
+    dist = DistributedTrainer(one_slice, progress=False).run()
+    assert dist.steps == dist.applied_steps == 3
+    _assert_same(_params(local.checkpoint_uri), _params(dist.checkpoint_uri))
+
+
+@cluster
 def test_a_hung_worker_does_not_stall_the_run_and_the_step_count_is_exact(undisturbed, tmp_path):
     from metadist.distributed import DistributedTrainer
 

@@ -20,6 +20,7 @@ from metadist.config.job import (
     JobConfig,
     ModelConfig,
     OptimizerConfig,
+    PretrainConfig,
     RegressionConfig,
     SplitConfig,
     TaskSourceConfig,
@@ -42,7 +43,7 @@ __all__ = [
     "ALGORITHMS", "DEFAULT_CACHE_MB", "DEFAULT_CHECKPOINT_DIR", "DEFAULT_MAX_OPEN_SHARDS", "DEFAULT_VERIFY_CHECKSUMS",
     "DISTRIBUTED_MODES", "METRIC_ALGORITHMS", "SMALL2_NEW_ALPHABETS", "STALE_POLICIES", "TRAIN_SOURCE_TAGS",
     "AffineJitterConfig", "AlgorithmConfig", "CheckpointConfig", "DataConfig", "DistributedConfig", "EpisodeConfig",
-    "JobConfig", "ModelConfig", "OptimizerConfig", "RegressionConfig", "SplitConfig", "TaskSourceConfig", "TrackingConfig",
+    "JobConfig", "ModelConfig", "OptimizerConfig", "PretrainConfig", "RegressionConfig", "SplitConfig", "TaskSourceConfig", "TrackingConfig",
     "TrainConfig", "apply_flags", "apply_overrides", "load_job", "load_job_with", "read_mapping", "set_dotted", "validate",
     "validation_message", "WeightedSourceConfig",
 ]  # fmt: skip

@@ -308,6 +308,21 @@ class DataConfig(StrictModel):
         return self
 
 
+class PretrainConfig(StrictModel):
+    """Supervised pre-training of the network on every training class before meta-training (off unless epochs > 0).
+
+    One classifier over all the training split's classes (each rotation and mirror image a class of its own, as
+    data.episode makes them), trained with Adam on a one-cycle schedule; meta-training then starts from its weights,
+    every parameter but the classifier's head. The embedding a few-shot learner needs is learned in seconds this
+    way, and meta-training refines it (the pre-train, then meta-train recipe of the few-shot literature).
+    """
+
+    epochs: int = Field(0, ge=0, description="passes over every training example; 0 = no pre-training")
+    batch_size: int = Field(128, ge=2, description="examples per pre-training step")
+    lr: float = Field(3e-3, gt=0, description="peak learning rate of the one-cycle schedule (Adam)")
+    weight_decay: float = Field(0.0, ge=0, description="Adam's L2 penalty during pre-training")
+
+
 class TrainConfig(StrictModel):
     """The outer loop: how long, how many tasks per step, where it runs, how often it reports."""
 
@@ -483,6 +498,7 @@ class JobConfig(StrictModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -496,6 +512,8 @@ class JobConfig(StrictModel):
                 raise ValueError(f"algorithm.name {self.algorithm.name!r} is a classifier; regression needs a weight-adapting algorithm")
             if self.model.name != "mlp":
                 raise ValueError("model.name must be 'mlp' for regression (data.regression is set)")
+            if self.pretrain.epochs:
+                raise ValueError("pretrain.epochs must be 0 for regression: pre-training classifies the training classes")
         else:
             if self.model.name == "mlp":
                 raise ValueError("model.name 'mlp' is for regression; image classification takes 'conv4', 'resnet12' or 'wrn'")

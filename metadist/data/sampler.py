@@ -163,12 +163,7 @@ class EpisodeSampler:
         t, m, c, h, w = pixels.shape
         u = rng.uniform(self.seed, step, tasks, rng.STREAM_SHIFTS, (m, 2))  # [T, M, 2]
         offsets = torch.from_numpy(np.floor(u * (2 * s + 1)).astype(np.int64) - s).view(t * m, 2)
-        padded = torch.nn.functional.pad(pixels.view(t * m, c, h, w), (s, s, s, s))  # zeros around
-        rows = torch.arange(h)[None, :] + (s - offsets[:, :1])  # out[y] = in[y - dy] = padded[y - dy + s]
-        cols = torch.arange(w)[None, :] + (s - offsets[:, 1:])
-        picked = padded[torch.arange(t * m)[:, None, None, None], torch.arange(c)[None, :, None, None],
-                        rows[:, None, :, None], cols[:, None, None, :]]
-        return picked.view(t, m, c, h, w)
+        return shift_examples(pixels.view(t * m, c, h, w), offsets, s).view(t, m, c, h, w)
 
     def _warped(self, x: torch.Tensor, step: int, tasks: np.ndarray) -> torch.Tensor:
         """Each example warped by its own rotation, scale and shear about the image centre, drawn from
@@ -193,6 +188,18 @@ class EpisodeSampler:
     def _unique(class_index: np.ndarray):
         unique, inverse = np.unique(class_index, return_inverse=True)
         return unique, inverse.reshape(class_index.shape)
+
+
+def shift_examples(pixels: torch.Tensor, offsets: torch.Tensor, shift: int) -> torch.Tensor:
+    """Examples [M, C, H, W] each moved by its (dy, dx) = offsets[i] (int64 [M, 2], each within ±shift): the content
+    moves, the border fills with zeros (Omniglot's background; ink is bright after import)."""
+    m, c, h, w = pixels.shape
+    s = shift
+    padded = torch.nn.functional.pad(pixels, (s, s, s, s))  # zeros around
+    rows = torch.arange(h)[None, :] + (s - offsets[:, :1])  # out[y] = in[y - dy] = padded[y - dy + s]
+    cols = torch.arange(w)[None, :] + (s - offsets[:, 1:])
+    return padded[torch.arange(m)[:, None, None, None], torch.arange(c)[None, :, None, None],
+                  rows[:, None, :, None], cols[:, None, None, :]]
 
 
 def check_same_examples(shards: Sequence[ShardSet], names: Sequence[str]) -> None:

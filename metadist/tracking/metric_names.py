@@ -1,6 +1,7 @@
 """The names metrics get in MLflow: the loop's keys grouped by prefix, since MLflow's UI sections its charts by it.
 
     train/...        the outer loop: loss_after, accuracy_before, tasks_per_s, lr, update_norm, train_time_s ...
+    pretrain/...     supervised pre-training before meta-training, per epoch (pretrain_* keys: loss, accuracy, epoch_s)
     heldout/...      evaluations during training (the loop's val_* keys)
     test/...         the final evaluation (test_*), with its 95% intervals (test/accuracy_after_ci95)
     distributed/...  what the distributed step source adds: workers, staleness, traffic, worker/<id>/tasks_per_s
@@ -17,9 +18,9 @@ from 1 to 0 reads as it is.
 
 from __future__ import annotations
 
-GROUPS = ("train", "heldout", "test", "distributed", "system")
+GROUPS = ("train", "pretrain", "heldout", "test", "distributed", "system")
 # Loop-key prefixes that say where a metric comes from (stripped: the group says it).
-PREFIXES = {"val_": "heldout", "test_": "test"}
+PREFIXES = {"val_": "heldout", "test_": "test", "pretrain_": "pretrain"}
 # What metadist.distributed.stats.DistributedStats.close reports besides its per-worker worker/<id>/... figures
 # (tests/test_distributed.py checks the two lists agree).
 DISTRIBUTED_KEYS = frozenset({

@@ -6,7 +6,8 @@ update with the learner's pure step function and applies it with the outer optim
 checkpoint. Episodes are a function of (seed, step, task index) and checkpoints hold the optimizer state and the
 next step, so a resumed run continues exactly where the interrupted one stopped. Each run writes its checkpoints
 into a folder of its own, locked while it runs (metadist.core.runs). Ctrl-C and SIGTERM both save a checkpoint and
-mark the MLflow run KILLED. Logging, evaluation, checkpoints, time budgets, resume and MLflow are written once, here; `LocalSteps` (this process) and
+mark the MLflow run KILLED. A fresh run with `pretrain.epochs` first pre-trains the network on every training class
+(metadist.training.pretrain) and starts meta-training from it. Logging, evaluation, checkpoints, time budgets, resume and MLflow are written once, here; `LocalSteps` (this process) and
 `metadist.distributed.DistributedSteps` (Ray task workers and a parameter server) are the two step sources.
 """
 
@@ -23,16 +24,17 @@ import torch
 
 from metadist.algorithms.base import MetaLearner
 from metadist.algorithms.functional import Params
-from metadist.algorithms.outer import OuterState, StepResult
+from metadist.algorithms.outer import MetaOptimizer, OuterState, StepResult
 from metadist.config import JobConfig, TrainConfig
 from metadist.core import checkpoint as ckpt_io
 from metadist.core.checkpoint import Checkpoint, LoopState
 from metadist.core.runs import RunFolder
 from metadist.core.spec import ModelSpec
-from metadist.core.tasks import make_test_sampler
+from metadist.core.tasks import make_sampler, make_test_sampler
 from metadist.errors import CheckpointError
 from metadist.runtime import sigterm_interrupts
 from metadist.training.evaluation import Estimate, evaluate
+from metadist.training.pretrain import pretrain
 from metadist.training.progress import MetricsWindow, ProgressDisplay
 
 if TYPE_CHECKING:
@@ -162,6 +164,7 @@ class Trainer:
         self.step = 0  # outer steps taken = the next sampler step
         self.loop_state = LoopState()
         self.run_folder = RunFolder.new(job.checkpoint_dir())
+        self.restored = bool(resume)  # a resumed run was pre-trained (if at all) before its checkpoint
         if resume:
             self._restore(job.checkpoint_dir() if resume is True else resume)
 
@@ -241,6 +244,8 @@ class Trainer:
                 self.loop_state.mlflow_run_id = tracker.run_id
                 self.source.record_system_metrics(tracker.system_metrics_target())
                 try:
+                    if job.pretrain.epochs and self.step == 0 and not self.restored:
+                        self._pretrain(tracker)
                     result = self._loop(tracker)
                 except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (metadist.runtime.Terminated)
                     self._save_on_interrupt(type(stop).__name__)
@@ -264,6 +269,23 @@ class Trainer:
             log.error("%s at step %d: could not save a checkpoint (%s)", what, self.step, exc)
             return
         log.warning("%s at step %d; saved %s (continue with --resume)", what, self.step, uri)
+
+    def _pretrain(self, tracker: Tracker) -> None:
+        """Pre-train, and put the result into the outer optimizer as the meta-parameters of step 0 (fresh state)."""
+        job, started = self.job, time.perf_counter()
+
+        def record(epoch: int, metrics: dict[str, float]) -> None:
+            tracker.log_metrics({f"pretrain_{k}": v for k, v in metrics.items()}, step=epoch)
+            if epoch == job.pretrain.epochs:
+                log.info("pre-trained %d epochs: loss %.3f, accuracy %.3f on the training classes",
+                         epoch, metrics["loss"], metrics["accuracy"])
+
+        sampler = make_sampler(job, "train", progress=self.progress)
+        params = pretrain(job, self.source.spec, self.source.meta_params(), sampler, device=self.source.device,
+                          progress=self.progress, on_epoch=record)
+        fresh = MetaOptimizer.for_learner(self.learner, params, job.optimizer, total_steps=job.train.steps)
+        self.source.load_outer_state(fresh.state())
+        self.loop_state.elapsed_s += time.perf_counter() - started  # training time: time budgets include it
 
     def _loop(self, tracker: Tracker) -> TrainResult:
         job, train = self.job, self.job.train
