@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from metadist.algorithms.functional import Params
 from metadist.config import JobConfig
 from metadist.core import ModelSpec
+from metadist.core.tasks import TaskSampler
 from metadist.data import EpisodeSampler, MultiSourceSampler
 from metadist.data.sampler import ROTATIONS, shift_examples
 from metadist.models import build_model
@@ -87,13 +88,15 @@ class LabelledExamples:
         return pixels, self.classes[example] * self.variants + variant
 
 
-def pretrain(job: JobConfig, spec: ModelSpec, meta_params: Params, sampler: EpisodeSampler | MultiSourceSampler, *,
+def pretrain(job: JobConfig, spec: ModelSpec, meta_params: Params, sampler: TaskSampler, *,
              device: torch.device, progress: bool = True, on_epoch: EpochHook | None = None) -> Params:
     """`meta_params` with every parameter the pre-trained classifier shares (but its head) taken from it.
 
     on_epoch(epoch, metrics) is called after each epoch with loss, accuracy (on the epoch's training batches) and
     seconds.
     """
+    if not isinstance(sampler, (EpisodeSampler, MultiSourceSampler)):
+        raise TypeError(f"pre-training classifies images; {type(sampler).__name__} samples no classes")
     config, shift = job.pretrain, job.data.episode.shift
     data = LabelledExamples.of(sampler, progress)
     torch.manual_seed(job.train.seed)
