@@ -104,7 +104,7 @@ def train_tiny_cli(tmp_path, small1_uri, small2_uri, name, *sets) -> str:
         f"name={name}", f"data.train.uri={small1_uri}", f"data.test.uri={small2_uri}", "data.test.split.groups=[Tagalog]",
         "data.episode.queries=2", "data.test_episode.queries=2", "model.hidden=8", "train.meta_batch=4", "train.steps=4", "train.log_every=2",
         "train.eval_every=0", "train.final_eval_episodes=8", "train.threads=1", f"checkpoint.uri={tmp_path / name}",
-        "tracking.enabled=false", *sets,
+        "tracking.enabled=false", "pretrain.epochs=0", *sets,
     ):  # fmt: skip
         args += ["--set", s]
     assert main(args) == 0

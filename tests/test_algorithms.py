@@ -193,10 +193,13 @@ def test_zero_head_starts_every_task_from_a_zero_head(name, small1_uri):
     metrics = maml.evaluate(theta, batch)
     torch.testing.assert_close(metrics["loss_before"], torch.full((2,), math.log(3)))
     torch.testing.assert_close(metrics["accuracy_after"], plain.evaluate(zeroed, batch)["accuracy_after"])
-    with pytest.raises(ValueError, match="zero_head: only for the MAML family"):
-        from metadist.config import AlgorithmConfig
+    # Learners without a head that tasks adapt ignore it: the embedded default sets it, and a user may switch learners.
+    from metadist.algorithms import build_learner
+    from metadist.config import AlgorithmConfig
 
-        AlgorithmConfig(name="reptile", zero_head=True)
+    for other in ("reptile", "protonet", "meta_lstm"):
+        learner = build_learner(AlgorithmConfig(name=other, zero_head=True), model, "classification", ways=3, shots=1)
+        assert not getattr(learner, "zero_head", False)
 
 
 def _preprocess_by_hand(x, p=10.0):

@@ -66,7 +66,7 @@ def test_two_runs_at_once_into_one_folder_both_keep_their_result(small1_uri, sma
     for s in (f"data.train.uri={small1_uri}", f"data.test.uri={small2_uri}", "data.test.split.groups=[Tagalog]",
               "data.episode.queries=2", "data.test_episode.queries=2", "model.hidden=8", "train.meta_batch=2",
               "train.steps=4", "train.eval_every=0", "train.final_eval_episodes=4", "train.threads=1",
-              "checkpoint.every=1", f"checkpoint.uri={root}", "tracking.enabled=false"):  # fmt: skip
+              "checkpoint.every=1", f"checkpoint.uri={root}", "tracking.enabled=false", "pretrain.epochs=0"):  # fmt: skip
         command += ["--set", s]
     both = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=CLI_TIMEOUT_S) for p in both]
@@ -148,7 +148,7 @@ def _long_run(small1_uri, small2_uri, root, tracking_uri, *sets):
     for s in (f"name=preempted", f"data.train.uri={small1_uri}", f"data.test.uri={small2_uri}",
               "data.test.split.groups=[Tagalog]", "data.episode.queries=2", "data.test_episode.queries=2", "model.hidden=8",
               "train.meta_batch=2", "train.steps=100000", "train.log_every=1", "train.eval_every=0",
-              "train.final_eval_episodes=4", "train.threads=1", "checkpoint.every=5", f"checkpoint.uri={root}",
+              "train.final_eval_episodes=4", "train.threads=1", "checkpoint.every=5", f"checkpoint.uri={root}", "pretrain.epochs=0",
               "tracking.enabled=true", f"tracking.uri={tracking_uri}", "tracking.experiment=faults",
               "tracking.log_model=false", "tracking.log_checkpoints=false", *sets):  # fmt: skip
         command += ["--set", s]

@@ -42,7 +42,7 @@ def test_train_prints_checkpoint_and_test_accuracy(checkpoints, capsys, tmp_path
 def test_print_config_shows_the_resolved_job(capsys):
     assert main(["train", "--print-config", "--set", "train.steps=7"]) == 0
     out = capsys.readouterr().out
-    assert "steps: 7" in out and "bundled://omniglot-small1" in out
+    assert "steps: 7" in out and "bundled://omniglot-small1" in out and "pretrain:\n  epochs: 20" in out
 
 
 def test_eval_reports_before_and_after_with_intervals(checkpoints, capsys):

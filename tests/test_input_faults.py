@@ -84,7 +84,7 @@ def _train_args(data_uri: Path | str, checkpoint: Path, *sets: str) -> list[str]
         f"data.train={{uri: '{data_uri}'}}", f"data.test={{uri: '{data_uri}'}}", "data.episode.ways=3",
         "data.test_episode.ways=3", "data.episode.queries=2", "data.test_episode.queries=2", "model.hidden=8",
         "train.meta_batch=2", "train.steps=2", "train.log_every=1", "train.eval_every=0", "train.final_eval_episodes=2",
-        "train.threads=1", f"checkpoint.uri={checkpoint}", "tracking.enabled=false", *sets,
+        "train.threads=1", f"checkpoint.uri={checkpoint}", "tracking.enabled=false", "pretrain.epochs=0", *sets,
     ):  # fmt: skip
         args += ["--set", s]
     return args

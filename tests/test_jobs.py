@@ -25,9 +25,14 @@ def test_job_file_is_valid_and_named_after_its_file(path):
     assert job.name == path.stem  # outputs/<name>/ and the MLflow run name match the file
 
 
-def test_the_default_job_file_equals_the_embedded_default():
-    job = load_job(str(Path(__file__).resolve().parents[1] / "jobs" / "omniglot-5way-1shot-maml.yaml"))
-    assert job.model_copy(update={"name": JobConfig().name}) == JobConfig()
+def test_the_default_job_files_equal_the_embedded_default_and_the_configurations_defaults():
+    jobs = Path(__file__).resolve().parents[1] / "jobs"
+    embedded = load_job(None)
+    pretrained = load_job(str(jobs / "omniglot-5way-1shot-maml-pretrained.yaml"))
+    assert pretrained.model_copy(update={"name": embedded.name}) == embedded
+    assert embedded.pretrain.epochs > 0 and embedded.algorithm.name == "maml"
+    plain = load_job(str(jobs / "omniglot-5way-1shot-maml.yaml"))
+    assert plain.model_copy(update={"name": JobConfig().name}) == JobConfig()
 
 
 @pytest.mark.slow

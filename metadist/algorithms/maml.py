@@ -19,6 +19,7 @@ from torch.func import grad_and_value
 
 from metadist.algorithms.base import MetaLearner, Update, in_passes
 from metadist.algorithms.functional import Params, TaskForward, accuracy, over_tasks, sgd_adapt, sgd_adapt_tasks
+from metadist.config.job import ZERO_HEAD_ALGORITHMS
 
 # On CPU, 8 tasks at a time is 10-20% faster than 32 (conv-4, Omniglot 5- and 20-way, 2 cores: the activations of
 # 8 tasks stay in cache) and holds a quarter of the memory; on a GPU, more tasks per pass means more parallelism.
@@ -56,7 +57,9 @@ class MAML(MetaLearner):
 
     @classmethod
     def from_config(cls, config, model: torch.nn.Module, kind: str, **settings) -> Self:
-        return super().from_config(config, model, kind, tasks_per_pass=config.tasks_per_pass, zero_head=config.zero_head,
+        # algorithm.zero_head is for the MAML family; the Meta-Learner LSTM (a subclass) updates its head by its own rule.
+        zero_head = config.zero_head and config.name in ZERO_HEAD_ALGORITHMS
+        return super().from_config(config, model, kind, tasks_per_pass=config.tasks_per_pass, zero_head=zero_head,
                                    **settings)
 
     def head_names(self) -> tuple[str, ...]:

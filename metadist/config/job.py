@@ -204,7 +204,8 @@ class AlgorithmConfig(StrictModel):
     )
     zero_head: bool = Field(
         False, description="MAML family (maml, fomaml, anil, metasgd): every task adapts from a zero head rather than "
-        "a learned one (the zeroing trick, Kao et al. 2022); with it, first-order MAML learns about as well as MAML",
+        "a learned one (the zeroing trick, Kao et al. 2022); with it, first-order MAML learns about as well as MAML. "
+        "Other learners have no head that tasks adapt, and ignore it (so a job that sets it can switch learners)",
     )
     matching_fce: bool = Field(False, description="Matching Networks: full-context embeddings (LSTMs over the support set)")
     tasks_per_pass: int | None = Field(
@@ -224,9 +225,6 @@ class AlgorithmConfig(StrictModel):
         if self.name == "meta_lstm" and not self.inner_lr < 1:
             raise ValueError(f"algorithm.inner_lr {self.inner_lr}: meta_lstm starts its input gate (a sigmoid) there, "
                              "so it must be below 1 (0.1 is typical)")
-        if self.zero_head and self.name not in ZERO_HEAD_ALGORITHMS:
-            raise ValueError(f"algorithm.zero_head: only for the MAML family ({', '.join(ZERO_HEAD_ALGORITHMS)}); "
-                             f"{self.name} has no inner loop over a classification head")
         return self
 
     @property
