@@ -154,7 +154,8 @@ def simulate_one(workers: int, hidden: int, steps: int, compute_s: float, mode: 
                 "overhead_s": step_s - compute_s, "efficiency": compute_s / step_s, "server_bytes_per_step": server,
                 "busiest_bytes_per_step": max(server, reducer), "step_times_s": timed,
                 # async: outer steps applied per compute time (W workers at best apply W steps per compute time)
-                "steps_per_compute_time": compute_s * len(timed) / max(sum(timed), 1e-9)}
+                "steps_per_compute_time": compute_s * len(timed) / max(sum(timed), 1e-9),
+                "dropped_stale_updates": stats.dropped, "staleness_max": max(stats.staleness, default=0)}
     finally:
         source.close()
 
@@ -256,9 +257,11 @@ def simulated_markdown(result: dict) -> str:
 
 
 def async_markdown(result: dict) -> str:
-    header = ["mode", "workers", "staleness bound", "steps per compute time", "target (0.8 × W)"]
+    header = ["mode", "workers", "staleness bound", "steps per compute time", "target (0.8 × W)", "largest staleness applied",
+              "updates dropped as too stale"]
     rows = [["async", str(r["workers"]), str(max(r["workers"] - 1, 0)), f"{r['steps_per_compute_time']:.2f}",
-             f"{0.8 * r['workers']:.1f}"] for r in result.get("async_rows", [])]
+             f"{0.8 * r['workers']:.1f}", str(r.get("staleness_max", "")), str(r.get("dropped_stale_updates", ""))]
+            for r in result.get("async_rows", [])]
     return markdown_table(header, rows)
 
 
