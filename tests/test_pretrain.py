@@ -91,3 +91,13 @@ def test_pretraining_is_refused_where_it_cannot_work():
                                       "model.name=mlp", "pretrain.epochs=1"])
     with pytest.raises(ConfigError, match=r"pretrain\.batch_size"):
         apply_overrides(JobConfig(), ["pretrain.batch_size=1"])
+
+
+def test_a_training_split_too_large_for_memory_is_refused_before_reading(small1_uri, small2_uri, tmp_path, monkeypatch):
+    from metadist.training import pretrain as pretrain_module
+
+    job = tiny_job(small1_uri, small2_uri, tmp_path, "pretrain.epochs=1")
+    monkeypatch.setattr(pretrain_module, "physical_memory_bytes", lambda: 4 * 2**20)  # a 4 MiB machine
+    sampler = make_sampler(job, "train", progress=False)
+    with pytest.raises(ConfigError, match=rf"pretrain\.epochs: .* GiB of {small1_uri}, more than 50% of this machine's"):
+        LabelledExamples.of(sampler)

@@ -10,13 +10,16 @@ algorithm.zero_head) and parameters the classifier lacks (Meta-SGD's learning ra
 their initial values.
 
 The examples are held in memory as the shards store them (uint8, each class once: rotations and mirrors are made per
-batch), so a training split must fit in memory once; every batch is drawn from a generator seeded by train.seed,
+batch), so a training split must fit in memory once (a split larger than half the machine's memory is refused
+before anything is read); pre-training runs in the process that drives the run (the driver of a distributed run), on
+train.device; every batch is drawn from a generator seeded by train.seed,
 so the same job pre-trains to the same weights.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,11 +35,22 @@ from metadist.core import ModelSpec
 from metadist.core.tasks import TaskSampler
 from metadist.data import EpisodeSampler, MultiSourceSampler
 from metadist.data.sampler import ROTATIONS, shift_examples
+from metadist.errors import ConfigError
 from metadist.models import build_model
 
 log = logging.getLogger(__name__)
 
 EpochHook = Callable[[int, dict[str, float]], None]
+# Pre-training refuses a training split whose examples would take more than this share of the machine's memory.
+MEMORY_SHARE = 0.5
+
+
+def physical_memory_bytes() -> int | None:
+    """This machine's memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 @dataclass
@@ -53,6 +67,15 @@ class LabelledExamples:
     @classmethod
     def of(cls, sampler: EpisodeSampler | MultiSourceSampler, progress: bool = False) -> "LabelledExamples":
         samplers = sampler.samplers if isinstance(sampler, MultiSourceSampler) else [sampler]
+        needed = sum(int(s.counts.sum()) * int(np.prod(s.shards.manifest.example_shape)) for s in samplers)
+        available = physical_memory_bytes()
+        if available and needed > MEMORY_SHARE * available:
+            raise ConfigError(
+                f"pretrain.epochs: pre-training holds the training split's examples in memory, "
+                f"{needed / 2**30:.1f} GiB of {', '.join(s.shards.uri for s in samplers)}, more than "
+                f"{MEMORY_SHARE:.0%} of this machine's {available / 2**30:.1f} GiB; pre-train on fewer classes "
+                "(data.train's split) or set pretrain.epochs to 0"
+            )
         pixels, classes, offset = [], [], 0
         total = sum(len(s.classes) for s in samplers)
         with tqdm(total=total, desc="reading training classes", unit="class", disable=not progress, leave=False) as bar:
