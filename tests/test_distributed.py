@@ -366,6 +366,20 @@ def test_a_pretrained_distributed_run_equals_the_local_one(ray_cluster, small1_u
 
 
 @cluster
+def test_bf16_workers_send_their_updates_in_half_the_bytes(ray_cluster, small1_uri, small2_uri, tmp_path):
+    from metadist.distributed import DistributedTrainer
+
+    sent = {}
+    for precision in ("fp32", "bf16"):
+        job = tiny_job(small1_uri, small2_uri, tmp_path / precision, "train.steps=3", "train.log_every=1", *TWO_WORKERS,
+                       "distributed.reducers=1", f"train.precision={precision}")
+        result = DistributedTrainer(job, progress=False).run()
+        assert result.steps == result.applied_steps == 3
+        sent[precision] = result.history[-1]["reducer_bytes_per_step_max"]
+    assert sent["bf16"] * 2 == sent["fp32"] > 0
+
+
+@cluster
 def test_a_hung_worker_does_not_stall_the_run_and_the_step_count_is_exact(undisturbed, tmp_path):
     from metadist.distributed import DistributedTrainer
 

@@ -117,7 +117,7 @@ def _eval(args) -> int:
     params = {k: v.to(device) for k, v in saved.meta_params.items()}
     episodes = job.train.final_eval_episodes
     result = evaluate(learner, params, sampler, episodes=episodes, batch_size=job.train.meta_batch,
-                      inner_steps=job.algorithm.eval_inner_steps, device=device, progress=True)
+                      inner_steps=job.algorithm.eval_inner_steps, device=device, progress=True, precision=job.train.precision)
     if args.json:
         print(json.dumps({k: {"mean": e.mean, "ci95": e.ci95, "episodes": e.n} for k, e in result.items()}, indent=2))
     else:

@@ -306,6 +306,9 @@ class DataConfig(StrictModel):
         return self
 
 
+Precision = Literal["fp32", "bf16"]
+
+
 class PretrainConfig(StrictModel):
     """Supervised pre-training of the network on every training class before meta-training (off unless epochs > 0).
 
@@ -334,6 +337,11 @@ class TrainConfig(StrictModel):
     log_every: int = Field(10, ge=1, description="log metrics every N steps")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; None = torch's default")
     device: str = Field("auto", description="'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'")
+    precision: Precision = Field(
+        "fp32", description="'fp32', or 'bf16': adaptation, updates, evaluation and serving run under bfloat16 autocast "
+        "(matrix products and convolutions in bf16), the meta-parameters and the outer optimizer stay fp32, and task "
+        "workers send their updates to the parameter server in bf16",
+    )
 
     @model_validator(mode="after")
     def _device(self) -> "TrainConfig":

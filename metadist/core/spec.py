@@ -67,3 +67,9 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device is {name!r} but torch sees no CUDA device; use 'auto' or 'cpu'")
     return device
+
+
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """The autocast context of train.precision on `device`: bf16 matrix products and convolutions under 'bf16', nothing
+    under 'fp32'. Parameters and gradients keep their own dtype (fp32): autocast casts copies for each operation."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

@@ -27,7 +27,7 @@ import torch
 
 from metadist.algorithms.functional import Params, tensor_bytes
 from metadist.config import JobConfig
-from metadist.core import ModelSpec, build, make_sampler
+from metadist.core import ModelSpec, autocast, build, make_sampler
 from metadist.data import Lookahead
 from metadist.distributed.flat import FlatUpdate, ParamLayout
 from metadist.runtime import configure_process
@@ -65,6 +65,7 @@ class TaskWorker:
         # Ray sets CUDA_VISIBLE_DEVICES to the GPUs this actor owns; without any it runs on the CPU.
         self.gpu_ids = [str(i) for i in ray.get_gpu_ids()]
         self.device = worker_device(job.train.device, self.gpu_ids, torch.cuda.is_available())
+        self.precision = job.train.precision  # autocast while adapting, and the dtype updates travel in
         self.sampler = make_sampler(job, "train", progress=False)
         self.model, self.learner = build(job, ModelSpec.from_dict(spec))
         self.model.to(self.device)
@@ -98,9 +99,10 @@ class TaskWorker:
         self._lookahead.drop(lambda key: key[0] <= step)  # guesses for this step or earlier will not be asked for
         if prefetch is not None:  # sample the next call's tasks while the server applies this step
             self._lookahead.ahead(prefetch)
-        update = self.learner.compute_update(self.params, batch)
-        before = self.learner.before_adaptation_sums(self.params, batch) if with_before else None
-        flat = FlatUpdate.of(update, self.layout)  # one contiguous buffer: through the object store without a copy
+        with autocast(self.precision, self.device):
+            update = self.learner.compute_update(self.params, batch)
+            before = self.learner.before_adaptation_sums(self.params, batch) if with_before else None
+        flat = FlatUpdate.of(update, self.layout, self.precision)  # one contiguous buffer: through the object store without a copy
         done = time.perf_counter()
         report = SliceReport(
             worker_id=self.worker_id, step=step, lo=lo, hi=hi, version=version, num_tasks=update.num_tasks,

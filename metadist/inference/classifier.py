@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from metadist.algorithms.functional import Params
-from metadist.core import build
+from metadist.core import autocast, build
 from metadist.core import checkpoint as ckpt_io
 from metadist.data.images import MAX_IMAGE_PIXELS, ImagePreprocessing
 from metadist.errors import DataImportError, PredictionError
@@ -108,7 +108,7 @@ class FewShotClassifier:
         index = {label: i for i, label in enumerate(labels)}
         x = self._tensor(support_images, "support")
         y = torch.tensor([index[str(label)] for label in support_labels], device=self.device)
-        with self._lock:
+        with self._lock, autocast(self.job.train.precision, self.device):
             state = self.learner.adapt(self.meta_params, x[None], y[None], self.inner_steps)
         return AdaptedTask(labels, {k: v.detach() for k, v in state.items()}, len(support_images))
 
@@ -116,7 +116,7 @@ class FewShotClassifier:
         if not query_images:
             return []
         x = self._tensor(query_images, "query")
-        with self._lock, torch.no_grad():
+        with self._lock, torch.no_grad(), autocast(self.job.train.precision, self.device):
             logits = self.learner.predict(self.meta_params, task.state, x[None])[0]
         # A head wider than this task's classes (a 5-way model on 3 classes): the unused outputs are ignored.
         probs = torch.softmax(logits[:, : len(task.labels)].double(), dim=-1).cpu().numpy()

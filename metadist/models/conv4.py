@@ -34,7 +34,9 @@ class TransductiveBatchNorm2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=BN_EPS)
+        # In the parameters' dtype (fp32) under bf16 autocast: statistics of bf16 activations lose digits, and
+        # torch.func's batching rule for batch norm's backward fails on mixed dtypes.
+        return F.batch_norm(x.to(self.weight.dtype), None, None, self.weight, self.bias, training=True, eps=BN_EPS)
 
 
 class Conv4(nn.Module):
@@ -96,6 +98,10 @@ class Conv4(nn.Module):
         gradient differentiates the inner loop's backward pass, and PyTorch's own double backward of these two ops
         is slow on CPU (per-group loops, a dozen full-size elementwise passes for batch norm).
         """
+        if torch.is_autocast_enabled(x.device.type):
+            # The hand-written double backward below is fp32 only: under bf16 autocast this route stays fp32.
+            with torch.autocast(x.device.type, enabled=False):
+                return self.forward_tasks(params, x.float())
         tasks, batch, channels, height, width = x.shape
         # [B, T·C, H, W], contiguous (NCHW). Not channels-last: oneDNN's grouped convolution backward is faster in it
         # but, in PyTorch 2.13 on CPU, returns wrong input gradients for some groups at realistic sizes (conv-4 with

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from metadist.algorithms.base import MetaLearner
 from metadist.algorithms.functional import Params
+from metadist.core import autocast
 
 Z95 = 1.959964  # two-sided 95% normal quantile
 
@@ -45,17 +46,21 @@ def evaluate(
     inner_steps: int | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    precision: str = "fp32",
 ) -> dict[str, Estimate]:
     """Per-metric estimates over `episodes` held-out episodes (step 0, task indices 0..episodes-1).
 
     Keys: loss_after, accuracy_after (classification), and loss_before / accuracy_before for learners that adapt
     weights. The same (sampler seed, episodes) gives the same episodes for every checkpoint, so runs compare fairly.
+    precision: train.precision; under 'bf16' adaptation and prediction run under bfloat16 autocast, as in training.
     """
     per_task: dict[str, list[np.ndarray]] = {}
     bar = tqdm(total=episodes, desc="evaluating", unit="episode", disable=not progress, leave=False)
     for start in range(0, episodes, batch_size):
         batch = sampler.sample(0, range(start, min(start + batch_size, episodes))).to(device)
-        for key, values in learner.evaluate(meta_params, batch, inner_steps).items():
+        with autocast(precision, torch.device(device)):
+            results = learner.evaluate(meta_params, batch, inner_steps)
+        for key, values in results.items():
             per_task.setdefault(key, []).append(values.detach().cpu().double().numpy())
         bar.update(len(batch))
     bar.close()

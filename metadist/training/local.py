@@ -13,7 +13,7 @@ from collections.abc import Generator
 from metadist.algorithms.functional import Params
 from metadist.algorithms.outer import MetaOptimizer, OuterState
 from metadist.config import JobConfig
-from metadist.core.spec import build, model_spec, resolve_device
+from metadist.core.spec import autocast, build, model_spec, resolve_device
 from metadist.core.tasks import make_sampler, task_indices
 from metadist.data import Prefetcher
 from metadist.runtime import configure_process
@@ -42,7 +42,8 @@ class LocalSteps(StepSource):
                 # A copy, not a view: the optimizer steps its tensors in place, and the 'before' metrics of a logged
                 # step are of the parameters this step's update was computed on.
                 params = self.optimizer.meta_params()
-                update = self.learner.compute_update(params, batch)
+                with autocast(self.job.train.precision, self.device):
+                    update = self.learner.compute_update(params, batch)
                 result = self.optimizer.apply(update)
                 yield StepOutcome(update.metrics, update.num_tasks, result, before=functools.partial(self._before, params, batch))
         finally:

@@ -225,6 +225,7 @@ class Trainer:
         return evaluate(
             self.learner, self.source.meta_params(), self.test_sampler,
             episodes=episodes, batch_size=self.job.train.meta_batch, device=self.source.device, progress=progress,
+            precision=self.job.train.precision,
         )
 
     # -- the loop ----------------------------------------------------------------------------------------------------

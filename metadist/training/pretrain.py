@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from metadist.algorithms.functional import Params
 from metadist.config import JobConfig
-from metadist.core import ModelSpec
+from metadist.core import ModelSpec, autocast
 from metadist.core.tasks import TaskSampler
 from metadist.data import EpisodeSampler, MultiSourceSampler
 from metadist.data.sampler import ROTATIONS, shift_examples
@@ -146,8 +146,9 @@ def pretrain(job: JobConfig, spec: ModelSpec, meta_params: Params, sampler: Task
                 offsets = torch.randint(-shift, shift + 1, (len(pixels), 2), generator=generator)
                 pixels = shift_examples(pixels, offsets, shift)
             x, y = pixels.to(device=device, dtype=torch.float32).div_(255), labels.to(device)
-            logits = net(x)
-            loss = F.cross_entropy(logits, y)
+            with autocast(job.train.precision, device):
+                logits = net(x)
+                loss = F.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
