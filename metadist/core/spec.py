@@ -6,6 +6,7 @@ checkpoint written by one is understood by the others.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,8 @@ from metadist.config import JobConfig
 from metadist.core.tasks import TaskSampler, open_train_shards
 from metadist.data import EpisodeSampler, MultiSourceSampler
 from metadist.models import build_model
+
+log = logging.getLogger(__name__)
 
 # Regression inputs are scalars; outputs are one value per point.
 REGRESSION_SHAPE = (1,)
@@ -67,6 +70,15 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device is {name!r} but torch sees no CUDA device; use 'auto' or 'cpu'")
     return device
+
+
+def warn_if_slow_precision(precision: str, device: torch.device) -> None:
+    """bf16 on a CPU is fast only with AMX or AVX-512 BF16 instructions; without them (AVX2) a bf16 convolution runs
+    about 20 times slower than fp32 (docs/benchmarks.md)."""
+    if precision == "bf16" and device.type == "cpu" and torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "AVX2"):
+        log.warning("train.precision bf16 on a CPU with %s only: bf16 matrix products and convolutions will be much "
+                    "slower than fp32 here (bf16 is for GPUs and CPUs with AMX or AVX-512 BF16)",
+                    torch.backends.cpu.get_cpu_capability())
 
 
 def autocast(precision: str, device: torch.device) -> torch.autocast:

@@ -28,6 +28,7 @@ import torch
 from metadist.algorithms.functional import Params, tensor_bytes
 from metadist.config import JobConfig
 from metadist.core import ModelSpec, autocast, build, make_sampler
+from metadist.core.spec import warn_if_slow_precision
 from metadist.data import Lookahead
 from metadist.distributed.flat import FlatUpdate, ParamLayout
 from metadist.runtime import configure_process
@@ -66,6 +67,7 @@ class TaskWorker:
         self.gpu_ids = [str(i) for i in ray.get_gpu_ids()]
         self.device = worker_device(job.train.device, self.gpu_ids, torch.cuda.is_available())
         self.precision = job.train.precision  # autocast while adapting, and the dtype updates travel in
+        warn_if_slow_precision(self.precision, self.device)
         self.sampler = make_sampler(job, "train", progress=False)
         self.model, self.learner = build(job, ModelSpec.from_dict(spec))
         self.model.to(self.device)

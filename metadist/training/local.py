@@ -13,7 +13,7 @@ from collections.abc import Generator
 from metadist.algorithms.functional import Params
 from metadist.algorithms.outer import MetaOptimizer, OuterState
 from metadist.config import JobConfig
-from metadist.core.spec import autocast, build, model_spec, resolve_device
+from metadist.core.spec import autocast, build, model_spec, resolve_device, warn_if_slow_precision
 from metadist.core.tasks import make_sampler, task_indices
 from metadist.data import Prefetcher
 from metadist.runtime import configure_process
@@ -27,6 +27,7 @@ class LocalSteps(StepSource):
         configure_process(job.train.threads)
         self.job = job
         self.device = resolve_device(job.train.device)
+        warn_if_slow_precision(job.train.precision, self.device)
         self.train_sampler = make_sampler(job, "train", progress=progress)
         self.spec = model_spec(job, self.train_sampler)
         self.model, self.learner = build(job, self.spec)
