@@ -64,3 +64,18 @@ def test_local_trainer_trains_on_cuda(tmp_path, small1_uri, small2_uri, name):
     result = LocalTrainer(job, progress=False).run()
     assert result.steps == 3
     assert 0.2 <= result.test["accuracy_after"].mean <= 1
+
+
+@pytest.mark.parametrize("name", ["maml", "protonet"])
+def test_bf16_on_cuda_follows_fp32(tmp_path, small1_uri, small2_uri, name):
+    """train.precision bf16 on a GPU: the same steps, meta-losses within 3% of fp32's, fp32 parameters."""
+    from tests.helpers import tiny_job
+    from metadist.training import LocalTrainer
+
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        job = tiny_job(small1_uri, small2_uri, tmp_path / precision, f"algorithm.name={name}", "train.device=cuda",
+                       f"train.precision={precision}", "train.log_every=1")
+        result = LocalTrainer(job, progress=False).run()
+        losses[precision] = [h["loss_after"] for h in result.history]
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.03)
