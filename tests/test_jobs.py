@@ -39,7 +39,7 @@ def test_the_default_job_files_equal_the_embedded_default_and_the_configurations
 @pytest.mark.parametrize("path", JOBS + BENCHMARK_JOBS, ids=[p.name for p in JOBS + BENCHMARK_JOBS])
 def test_job_file_runs_end_to_end_when_shrunk(path, small1_uri, small2_uri, tmp_path):
     """Each standard experiment trains, checkpoints and evaluates as written: only its size is cut (steps, width,
-    episodes), never its algorithm, episode shape or optimizer."""
+    episodes, pre-training epochs), never its algorithm, episode shape or optimizer."""
     from metadist.cli import main
 
     job = load_job(str(path))
@@ -47,6 +47,8 @@ def test_job_file_runs_end_to_end_when_shrunk(path, small1_uri, small2_uri, tmp_
             "train.threads=1", "model.hidden=8", "tracking.enabled=false", f"checkpoint.uri={tmp_path / 'ckpt'}"]
     if job.data.regression is None:  # the cached bundled shard sets, under the test's private cache
         sets += [f"data.train.uri={small1_uri}", f"data.test.uri={small2_uri}"]
+    if job.pretrain.epochs:
+        sets += ["pretrain.epochs=1"]
     args = ["train", str(path), "--no-progress"]
     for item in sets:
         args += ["--set", item]
