@@ -89,10 +89,7 @@ class EpisodeSampler:
         tasks = np.asarray(task_indices, dtype=np.int64).reshape(-1)
         virtual, rows = self.plan(step, tasks)
         base, variant = virtual // self.variants, virtual % self.variants
-        if self.episode.rotations:
-            quarter_turns, mirrored = variant % ROTATIONS, variant // ROTATIONS
-        else:
-            quarter_turns, mirrored = np.zeros_like(variant), variant
+        quarter_turns, mirrored = variant_transforms(variant, self.episode.rotations)
         class_index = self.classes[base]  # manifest indices [T, N]
         slots = self.cache.slot_of[class_index]
         if (slots >= 0).all():  # the common case once the cache is warm: no bookkeeping beyond a timestamp
@@ -188,6 +185,14 @@ class EpisodeSampler:
     def _unique(class_index: np.ndarray):
         unique, inverse = np.unique(class_index, return_inverse=True)
         return unique, inverse.reshape(class_index.shape)
+
+
+def variant_transforms(variant, rotations: bool):
+    """A virtual class's variant (numpy or torch integers) as (quarter turns, mirrored): a quarter-turn count plus
+    ROTATIONS × mirrored when rotations make classes, else the mirror flag alone."""
+    if rotations:
+        return variant % ROTATIONS, variant // ROTATIONS
+    return variant * 0, variant
 
 
 def shift_examples(pixels: torch.Tensor, offsets: torch.Tensor, shift: int) -> torch.Tensor:

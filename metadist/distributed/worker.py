@@ -27,8 +27,7 @@ import torch
 
 from metadist.algorithms.functional import Params, tensor_bytes
 from metadist.config import JobConfig
-from metadist.core import ModelSpec, autocast, build, make_sampler
-from metadist.core.spec import warn_if_slow_precision
+from metadist.core import ModelSpec, autocast, build, make_sampler, warn_if_slow_precision
 from metadist.data import Lookahead
 from metadist.distributed.flat import FlatUpdate, ParamLayout
 from metadist.runtime import configure_process

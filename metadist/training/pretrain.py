@@ -34,7 +34,7 @@ from metadist.config import JobConfig
 from metadist.core import ModelSpec, autocast
 from metadist.core.tasks import TaskSampler
 from metadist.data import EpisodeSampler, MultiSourceSampler
-from metadist.data.sampler import ROTATIONS, shift_examples
+from metadist.data.sampler import ROTATIONS, shift_examples, variant_transforms
 from metadist.errors import ConfigError
 from metadist.models import build_model
 
@@ -98,10 +98,7 @@ class LabelledExamples:
         numbered as the episode sampler numbers its virtual classes (class × variants + variant)."""
         example, variant = items // self.variants, items % self.variants
         pixels = self.pixels[example].clone()
-        if self.rotations:
-            turns, mirrored = variant % ROTATIONS, variant // ROTATIONS
-        else:
-            turns, mirrored = torch.zeros_like(variant), variant
+        turns, mirrored = variant_transforms(variant, self.rotations)
         if self.reflections:
             where = mirrored == 1
             pixels[where] = pixels[where].flip(-1)
