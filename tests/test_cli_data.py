@@ -26,6 +26,21 @@ def test_sample_shows_mirrored_classes_and_takes_every_augmentation(small1_uri, 
     assert any("rotated" in line for line in labels)
 
 
+def test_sample_shows_a_variable_way_variable_shot_episode(tmp_path, small1_uri, capsys):
+    from metadist.config import EpisodeConfig
+    from metadist.data import EpisodeSampler, ShardSet
+
+    png = tmp_path / "episode.png"
+    assert main(["data", "sample", small1_uri, "--ways", "12", "--shots", "6", "--variable", "4", "--step", "3",
+                 "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    shape = EpisodeSampler(ShardSet(small1_uri), EpisodeConfig(ways=12, shots=6, variable={"min_ways": 4}), seed=0).shape(3)
+    assert f"{shape.ways}-way {shape.support_size}-example support, 5 queries per class" in out
+    labels = [line for line in out.splitlines() if line.strip().startswith("label ")]
+    assert [int(line.rsplit("(", 1)[1].split()[0]) for line in labels] == list(shape.shots)
+    assert png.stat().st_size > 0
+
+
 def test_import_info_verify(tmp_path, tiny_omniglot_zip, capsys):
     out_uri = str(tmp_path / "shards")
     assert main(["data", "import", "omniglot", str(tiny_omniglot_zip), "--out", out_uri, "--format", "parquet"]) == 0

@@ -377,3 +377,86 @@ def test_training_from_two_sources(small1_uri, tmp_path, capsys):
                           capsys.readouterr().err, "data.train has 2 sources", "--data")
     assert main(["eval", "--checkpoint", result.checkpoint_uri, "--data", small1_uri, "--groups", "Early_Aramaic",
                  "--episodes", "4", "--json"]) == 0
+
+
+# -- Meta-Dataset's variable way and shot ----------------------------------------------------------------------------
+VARIABLE = EpisodeConfig(ways=12, shots=6, queries=3, variable={"min_ways": 4})
+
+
+def test_variable_shapes_follow_meta_datasets_rules_and_depend_on_seed_and_step_alone(shards):
+    from metadist.data.shapes import episode_shape
+
+    shapes = [episode_shape(VARIABLE, 5, step, 20) for step in range(400)]
+    assert shapes == [episode_shape(VARIABLE, 5, step, 20) for step in range(400)]  # no state between draws
+    assert episode_shape(VARIABLE, 6, 0, 20) != shapes[0]
+    ways = np.array([s.ways for s in shapes])
+    assert ways.min() == 4 and ways.max() == 12  # uniform over [min_ways, ways]: each of the 9 values ~44 times
+    assert np.bincount(ways, minlength=13)[4:].min() > 20
+    for s in shapes:
+        assert all(1 <= k <= 6 for k in s.shots) and s.queries == 3
+        # Meta-Dataset's rule: k_c = ⌊R_c (|S| − N)⌋ + 1 with |S| ≤ N · shots, so the support never exceeds the budget
+        assert s.support_size <= s.ways * 6
+    assert sum(len(set(s.shots)) > 1 for s in shapes) > 300  # unequal shots within most episodes
+    # A class of 8 examples leaves 5 after its 3 queries: no class gets more than 5 shots.
+    assert max(s.most_shots for s in (episode_shape(VARIABLE, 5, step, 8) for step in range(400))) == 5
+    # The support budget binds: at most max_support examples (each class still gets one).
+    small = EpisodeConfig(ways=12, shots=6, queries=3, variable={"min_ways": 12, "max_support": 15})
+    assert max(episode_shape(small, 5, step, 20).support_size for step in range(200)) <= 15 + 12
+    # Equal shots: every class gets `shots`, the ways still vary.
+    equal = EpisodeConfig(ways=12, shots=2, queries=3, variable={"min_ways": 4, "imbalanced_shots": False})
+    assert {k for step in range(50) for k in episode_shape(equal, 5, step, 20).shots} == {2}
+    # Without `variable`, the configured shape.
+    assert episode_shape(EpisodeConfig(ways=5, shots=2), 5, 3, 20).shots == (2,) * 5
+
+
+def test_variable_episodes_hold_each_class_s_shots_and_are_the_same_whoever_asks(shards, small1_uri):
+    sampler = EpisodeSampler(shards, VARIABLE, seed=4)
+    for step in range(3):
+        shape = sampler.shape(step)
+        batch = sampler.sample(step, range(6))
+        assert batch.support_x.shape[:2] == (6, shape.support_size) and batch.query_x.shape[:2] == (6, shape.ways * 3)
+        assert batch.class_index.shape == (6, shape.ways)
+        assert np.array_equal(np.bincount(batch.support_y[0].numpy(), minlength=shape.ways), shape.shots)
+        assert np.array_equal(np.bincount(batch.query_y[0].numpy(), minlength=shape.ways), [3] * shape.ways)
+        for label, class_index in enumerate(batch.class_index[0].tolist()):  # each example is its class's, once
+            stored = torch.from_numpy(shards.read_class(class_index).astype(np.float32) / 255)
+            examples = torch.cat([batch.support_x[0][batch.support_y[0] == label], batch.query_x[0][batch.query_y[0] == label]])
+            rows = [torch.nonzero((stored == img).flatten(1).all(1)) for img in examples]
+            assert all(len(r) for r in rows), "an example that is not its class's"
+            assert len({int(r[0]) for r in rows}) == len(rows), "an example drawn twice within one class"
+        other = EpisodeSampler(ShardSet(small1_uri), VARIABLE, seed=4, cache_mb=0.3)  # another worker, one task
+        alone = other.sample(step, [5])
+        assert torch.equal(alone.support_x[0], batch.support_x[5]) and torch.equal(alone.query_y[0], batch.query_y[5])
+    assert len({sampler.shape(step) for step in range(3)}) > 1
+
+
+def test_variable_episodes_from_several_sources_share_the_step_s_shape(small1_uri):
+    from metadist.config import apply_overrides
+    from metadist.core import make_sampler
+
+    job = apply_overrides(_two_sources(small1_uri), ["data.episode.ways=8", "data.episode.shots=4",
+                                                     "data.episode.variable={min_ways: 3}", "algorithm.name=protonet"])
+    sampler = make_sampler(job, "train", progress=False)
+    batch = sampler.sample(2, range(16))
+    assert set(batch.source_index.tolist()) == {0, 1}
+    shape = sampler.shape(2)
+    assert batch.support_x.shape[1] == shape.support_size and batch.class_index.shape[1] == shape.ways
+
+
+def test_variable_episodes_are_refused_where_they_cannot_work(small1_uri):
+    from metadist.config import JobConfig, apply_overrides
+    from metadist.errors import ConfigError
+
+    variable = "data.episode.variable={min_ways: 3}"
+    for name in ("maml", "reptile", "snail"):
+        with pytest.raises(ConfigError, match=r"data.episode.variable.min_ways = 3 < ways: " + name):
+            apply_overrides(JobConfig(), [f"algorithm.name={name}", variable])
+    with pytest.raises(ConfigError, match=r"imbalanced_shots: reptile needs equal shots per class"):
+        apply_overrides(JobConfig(), ["algorithm.name=reptile", "data.episode.variable={min_ways: 5}"])
+    apply_overrides(JobConfig(), ["algorithm.name=maml", "data.episode.variable={min_ways: 5}"])  # unequal shots only
+    with pytest.raises(ConfigError, match=r"test_episode.variable must be unset"):
+        apply_overrides(JobConfig(), ["algorithm.name=protonet", "data.test_episode.variable={min_ways: 3}"])
+    with pytest.raises(ConfigError, match=r"min_ways = 9 exceeds ways = 5"):
+        apply_overrides(JobConfig(), ["algorithm.name=protonet", "data.episode.variable={min_ways: 9}"])
+    with pytest.raises(ConfigError, match=r"leave nothing variable"):
+        apply_overrides(JobConfig(), ["algorithm.name=protonet", "data.episode.variable={min_ways: 5, imbalanced_shots: false}"])

@@ -202,3 +202,29 @@ def test_reptile_recipe_learns_what_full_batch_sgd_on_the_support_set_does_not(s
     result = LocalTrainer(job, progress=False).run()
     # 66.6% here; the earlier recipe, the same 150 steps and 40 episodes: 48.7%
     assert result.test["accuracy_after"].mean > 0.58, result.test["accuracy_after"]
+
+
+VARIABLE_EPISODES = ("data.episode.ways=8", "data.episode.shots=4", "data.episode.queries=2")
+
+
+@pytest.mark.parametrize("name", ["maml", "fomaml", "anil", "metasgd", "protonet", "matching", "siamese"])
+def test_every_learner_that_allows_variable_episodes_trains_on_them(small1_uri, small2_uri, tmp_path, name):
+    from metadist.config import VARIABLE_WAYS_ALGORITHMS
+
+    # Unequal shots for all; varying ways (3 to 8) for the learners without a head of fixed size.
+    min_ways = 3 if name in VARIABLE_WAYS_ALGORITHMS else 8
+    job = tiny_job(small1_uri, small2_uri, tmp_path, f"algorithm.name={name}", *VARIABLE_EPISODES,
+                   f"data.episode.variable={{min_ways: {min_ways}}}", "train.steps=3", "train.log_every=1",
+                   "checkpoint.every=0", "data.test_episode.ways=5")
+    result = LocalTrainer(job, progress=False).run()
+    assert [h["step"] for h in result.history if "loss_after" in h] == [1, 2, 3]
+    assert all(np.isfinite(h["loss_after"]) for h in result.history if "loss_after" in h)
+    assert 0 <= result.test["accuracy_after"].mean <= 1
+
+
+def test_protonet_learns_from_variable_way_variable_shot_episodes(small1_uri, small2_uri, tmp_path):
+    job = tiny_job(small1_uri, small2_uri, tmp_path, "algorithm.name=protonet", *VARIABLE_EPISODES,
+                   "data.episode.variable={min_ways: 3}", "train.steps=30", "train.log_every=10", "checkpoint.every=0",
+                   "data.test_episode.ways=5", "train.final_eval_episodes=40")
+    result = LocalTrainer(job, progress=False).run()
+    assert result.test["accuracy_after"].mean > 1 / 5 + 0.15  # fixed 5-way held-out episodes, well above chance

@@ -11,6 +11,7 @@ import numpy as np
 
 from metadist.config import EpisodeConfig, SplitConfig, TrainConfig
 from metadist.data.bundled import SCHEME, cache_dir, resolve_uri
+from metadist.data.shapes import EpisodeShape
 
 DEFAULT_SAMPLE_URI = f"{SCHEME}omniglot-small1"
 
@@ -76,6 +77,9 @@ def add_commands(commands) -> None:
             sample.add_argument(f"--{name}", action="store_true", default=None, help=field.description)
         elif name == "affine":
             sample.add_argument("--affine", nargs=3, type=float, metavar=("DEGREES", "SCALE", "SHEAR"), help=field.description)
+        elif name == "variable":
+            sample.add_argument("--variable", type=int, metavar="MIN_WAYS", help="Meta-Dataset's variable way (MIN_WAYS to "
+                                "--ways) and unequal shots (1 to --shots per class), drawn per step")
         else:
             sample.add_argument(f"--{name}", type=int, help=field.description)
     sample.add_argument("--groups", nargs="+", help="sample only these groups")
@@ -205,23 +209,28 @@ def _sample(args) -> None:
     given = {k: getattr(args, k) for k in EpisodeConfig.model_fields if getattr(args, k) is not None}
     if "affine" in given:
         given["affine"] = dict(zip(("degrees", "scale", "shear"), given["affine"]))
+    if "variable" in given:
+        given["variable"] = {"min_ways": given["variable"]}
     episode = EpisodeConfig(**given)
     TrainConfig(seed=args.seed)  # the seed follows a job's rules (train.seed)
     shards = ShardSet(resolve_uri(args.uri))
     sampler = EpisodeSampler(shards, episode, split=SplitConfig(groups=args.groups), seed=args.seed)
-    batch = sampler.sample(args.step, [args.task])
+    shape = sampler.shape(args.step)
+    batch = sampler.sample(args.step, [args.task], shape)
     names = [
         shards.manifest.classes[int(c)].name + (" mirrored" if m else "") + (f" rotated {int(r) * 90}°" if r else "")
         for c, r, m in zip(batch.class_index[0], batch.quarter_turns[0], batch.mirrored[0])
     ]
     print(f"episode (seed {args.seed}, step {args.step}, task {args.task}) from {shards.uri}")
-    print(f"  {episode.ways}-way {episode.shots}-shot, {episode.queries} queries per class; "
+    shots = f"{shape.most_shots}-shot" if len(set(shape.shots)) == 1 else f"{shape.support_size}-example support"
+    print(f"  {shape.ways}-way {shots}, {shape.queries} queries per class; "
           f"support_x {list(batch.support_x.shape)}, query_x {list(batch.query_x.shape)}")
-    for label, name in enumerate(names):
-        print(f"  label {label}: {name}")
-    print(_ascii_row(batch.support_x[0, :: episode.shots][:, 0].numpy()))
+    for label, (name, k) in enumerate(zip(names, shape.shots)):
+        print(f"  label {label}: {name}" + ("" if len(set(shape.shots)) == 1 else f" ({k} shots)"))
+    firsts = np.cumsum((0,) + shape.shots[:-1])  # each class's first support example
+    print(_ascii_row(batch.support_x[0, firsts][:, 0].numpy()))
     if args.plot:
-        _save_grid(batch, episode, args.plot)
+        _save_grid(batch, shape, args.plot)
         print(f"saved {args.plot}")
 
 
@@ -239,18 +248,18 @@ def _ascii_row(images: np.ndarray, width: int = 14) -> str:
     return "\n".join(rows)
 
 
-def _save_grid(batch, episode: EpisodeConfig, path: Path) -> None:
+def _save_grid(batch, shape: EpisodeShape, path: Path) -> None:
     """Rows are classes: the support examples, a gap, then the queries."""
     from PIL import Image
 
-    n, k, q = episode.ways, episode.shots, episode.queries
+    n, k, q = shape.ways, shape.most_shots, shape.queries
     c, h, w = batch.support_x.shape[2:]
     pad = 2
     grid = np.full((n * (h + pad), (k + q + 1) * (w + pad), c), 255, np.uint8)
-    support = batch.support_x[0].reshape(n, k, c, h, w).numpy()
+    support = np.split(batch.support_x[0].numpy(), np.cumsum(shape.shots)[:-1])
     query = batch.query_x[0].reshape(n, q, c, h, w).numpy()
     for i in range(n):
-        for j, img in enumerate(list(support[i]) + [None] + list(query[i])):
+        for j, img in enumerate(list(support[i]) + [None] * (k - shape.shots[i] + 1) + list(query[i])):
             if img is not None:
                 grid[i * (h + pad) : i * (h + pad) + h, j * (w + pad) : j * (w + pad) + w] = (img.transpose(1, 2, 0) * 255).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,8 @@ from metadist.config.job import (
     SMALL2_NEW_ALPHABETS,
     STALE_POLICIES,
     TRAIN_SOURCE_TAGS,
+    VARIABLE_SHOTS_ALGORITHMS,
+    VARIABLE_WAYS_ALGORITHMS,
     AffineJitterConfig,
     AlgorithmConfig,
     CheckpointConfig,
@@ -26,6 +28,7 @@ from metadist.config.job import (
     TaskSourceConfig,
     TrackingConfig,
     TrainConfig,
+    VariableEpisodeConfig,
     WeightedSourceConfig,
 )
 from metadist.config.loading import (
@@ -42,8 +45,9 @@ from metadist.config.loading import (
 __all__ = [
     "ALGORITHMS", "DEFAULT_CACHE_MB", "DEFAULT_CHECKPOINT_DIR", "DEFAULT_MAX_OPEN_SHARDS", "DEFAULT_VERIFY_CHECKSUMS",
     "DISTRIBUTED_MODES", "METRIC_ALGORITHMS", "SMALL2_NEW_ALPHABETS", "STALE_POLICIES", "TRAIN_SOURCE_TAGS",
+    "VARIABLE_SHOTS_ALGORITHMS", "VARIABLE_WAYS_ALGORITHMS",
     "AffineJitterConfig", "AlgorithmConfig", "CheckpointConfig", "DataConfig", "DistributedConfig", "EpisodeConfig",
     "JobConfig", "ModelConfig", "OptimizerConfig", "PretrainConfig", "RegressionConfig", "SplitConfig", "TaskSourceConfig", "TrackingConfig",
     "TrainConfig", "apply_flags", "apply_overrides", "load_job", "load_job_with", "read_mapping", "set_dotted", "validate",
-    "validation_message", "WeightedSourceConfig",
+    "validation_message", "VariableEpisodeConfig", "WeightedSourceConfig",
 ]  # fmt: skip

@@ -34,6 +34,10 @@ METRIC_ALGORITHMS: tuple[str, ...] = ("protonet", "matching", "siamese", "snail"
 # Learners whose inner loop is not differentiated, so it may take minibatches and use Adam (Reptile's recipe).
 MINIBATCH_INNER_LOOP_ALGORITHMS: tuple[str, ...] = ("reptile", "model_averaging")
 ZERO_HEAD_ALGORITHMS: tuple[str, ...] = ("maml", "fomaml", "anil", "metasgd")
+# Variable-way episodes need a learner with no fixed-size head; unequal shots, one that takes the support set as a set
+# (not Reptile's class-balanced minibatches, SNAIL's fixed sequence, or the Meta-Learner LSTM's fixed support size).
+VARIABLE_WAYS_ALGORITHMS: tuple[str, ...] = ("protonet", "matching", "siamese")
+VARIABLE_SHOTS_ALGORITHMS: tuple[str, ...] = VARIABLE_WAYS_ALGORITHMS + ZERO_HEAD_ALGORITHMS
 DISTRIBUTED_MODES: tuple[str, ...] = get_args(DistributedMode)
 STALE_POLICIES: tuple[str, ...] = get_args(StalePolicy)
 # Where checkpoints go when checkpoint.uri is unset ({name}: the job's name).
@@ -65,6 +69,19 @@ class AffineJitterConfig(StrictModel):
         return bool(self.degrees or self.scale or self.shear)
 
 
+class VariableEpisodeConfig(StrictModel):
+    """Meta-Dataset's variable-way variable-shot episodes (Triantafillou et al., 2020), one shape drawn per outer step:
+    N uniform in [min_ways, ways]; with imbalanced_shots, a support budget and unequal per-class shots, each class 1
+    to `shots` (the episode's `shots` is then the most a class gets; Meta-Dataset: 100). Queries stay `queries`."""
+
+    min_ways: int = Field(5, ge=2, description="fewest classes in an episode (Meta-Dataset: 5); the most is episode.ways")
+    imbalanced_shots: bool = Field(
+        True, description="Meta-Dataset's shots: a support budget min(max_support, N·⌈β·shots⌉), β ~ U(0, 1), shared "
+        "out unequally (shares ∝ exp(α), α ~ U(log ½, log 2)), at least 1 per class; false: `shots` for every class",
+    )
+    max_support: int = Field(500, ge=2, description="the most support examples in an episode (Meta-Dataset: 500)")
+
+
 class EpisodeConfig(StrictModel):
     """The shape of one few-shot classification episode (N-way K-shot, Q queries per class)."""
 
@@ -90,6 +107,24 @@ class EpisodeConfig(StrictModel):
         description="augmentation: random rotation/scale/shear per example (bilinear, zero fill), applied after "
         "`shift`; all 0 = off. For training episodes (data.episode) only",
     )
+    variable: VariableEpisodeConfig | None = Field(
+        None, description="Meta-Dataset's variable way and shot, drawn per outer step (every task of a step shares the "
+        "shape, so they still stack and any worker count sees the same episodes); None = always ways × shots. For "
+        "training episodes (data.episode) only",
+    )
+
+    @model_validator(mode="after")
+    def _variable_shape(self) -> "EpisodeConfig":
+        v = self.variable
+        if v is None:
+            return self
+        if v.min_ways > self.ways:
+            raise ValueError(f"variable.min_ways = {v.min_ways} exceeds ways = {self.ways} (the most classes an episode has)")
+        if v.max_support < self.ways:
+            raise ValueError(f"variable.max_support = {v.max_support} is below ways = {self.ways}: every class needs a shot")
+        if v.min_ways == self.ways and not v.imbalanced_shots:
+            raise ValueError("variable: min_ways = ways and imbalanced_shots = false leave nothing variable; drop it")
+        return self
 
 
 class SplitConfig(StrictModel):
@@ -301,6 +336,8 @@ class DataConfig(StrictModel):
             raise ValueError("train is an empty list: name at least one source ({uri: ..., weight: ...})")
         if self.test_episode.shift:
             raise ValueError("test_episode.shift must be 0: held-out tasks are measured on the images as they are")
+        if self.test_episode.variable is not None:
+            raise ValueError("test_episode.variable must be unset: held-out episodes keep one shape, so runs compare")
         if self.test_episode.affine.enabled:
             raise ValueError("test_episode.affine must be all 0: held-out tasks are measured on the images as they are")
         return self
@@ -528,6 +565,17 @@ class JobConfig(StrictModel):
                 raise ValueError(
                     f"data.test_episode.ways = {test_ways} differs from data.episode.ways = {train_ways}: snail's output "
                     "layer has one logit per training way, so it is tested on tasks of as many ways"
+                )
+            variable = self.data.episode.variable
+            if variable is not None and variable.min_ways < train_ways and self.algorithm.name not in VARIABLE_WAYS_ALGORITHMS:
+                raise ValueError(
+                    f"data.episode.variable.min_ways = {variable.min_ways} < ways: {self.algorithm.name} cannot learn "
+                    f"from episodes of varying ways; those that can: {', '.join(VARIABLE_WAYS_ALGORITHMS)}"
+                )
+            if variable is not None and variable.imbalanced_shots and self.algorithm.name not in VARIABLE_SHOTS_ALGORITHMS:
+                raise ValueError(
+                    f"data.episode.variable.imbalanced_shots: {self.algorithm.name} needs equal shots per class; those "
+                    f"that take unequal shots: {', '.join(VARIABLE_SHOTS_ALGORITHMS)}"
                 )
             if not metric and test_ways > train_ways:
                 raise ValueError(

@@ -21,6 +21,7 @@ STREAM_REGRESSION_X = 6
 STREAM_SHIFTS = 7
 STREAM_AFFINE = 8
 STREAM_SOURCE = 9  # which training source an episode comes from (several weighted sources)
+STREAM_EPISODE_SHAPE = 10  # a step's episode shape (variable way and shot): from (seed, step) alone, task index 0
 
 
 def _mix(z: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ from metadist.config import DEFAULT_CACHE_MB, EpisodeConfig, SplitConfig
 from metadist.data import rng
 from metadist.data.cache import ClassCache
 from metadist.data.episodes import ClassificationBatch
+from metadist.data.shapes import EpisodeShape, episode_shape
 from metadist.data.shardset import ShardSet
 from metadist.data.splits import select_classes
 from metadist.errors import EpisodeError
@@ -44,13 +45,14 @@ class EpisodeSampler:
         self.seed = int(seed)
         manifest = shards.manifest
         self.classes = select_classes(manifest, split or SplitConfig(), where=shards.uri)
-        per_class = episode.shots + episode.queries
+        # Unequal shots give a class what it can spare after its queries (1 at least); fixed shots need them all.
+        least_shots = 1 if episode.variable is not None and episode.variable.imbalanced_shots else episode.shots
         for index in self.classes:
             info = manifest.classes[index]
-            if info.count < per_class:
+            if info.count < least_shots + episode.queries:
                 raise EpisodeError(
                     f"{shards.uri}: class {info.name!r} has {info.count} examples, fewer than "
-                    f"shots + queries = {episode.shots} + {episode.queries}"
+                    f"shots + queries = {least_shots} + {episode.queries}"
                 )
         _, height, width = manifest.example_shape
         if episode.rotations and height != width:
@@ -66,53 +68,60 @@ class EpisodeSampler:
                 + (f" ({' and '.join(augmented)} included)" if augmented else "")
             )
         self.counts = np.array([manifest.classes[i].count for i in self.classes], dtype=np.int64)
+        self.smallest_class = int(self.counts.min())
         self.cache = ClassCache(shards, self.classes, cache_mb)
         if self.cache.slots < min(episode.ways, len(self.classes)):
             raise EpisodeError(
                 f"{shards.uri}: cache_mb={cache_mb} holds {self.cache.slots} class(es) but one episode may need "
                 f"{min(episode.ways, len(self.classes))} (episode.ways); raise cache_mb"
             )
-        n, k, q = episode.ways, episode.shots, episode.queries
-        self._support_y = torch.arange(n).repeat_interleave(k)
-        self._query_y = torch.arange(n).repeat_interleave(q)
 
-    def plan(self, step: int, task_indices) -> tuple[np.ndarray, np.ndarray]:
-        """The episode choices without any pixels: virtual class ids [T, N] and example rows [T, N, K+Q]."""
+    def shape(self, step: int) -> EpisodeShape:
+        """Step `step`'s episode shape: the configured one, or Meta-Dataset's drawn one (episode.variable)."""
+        return episode_shape(self.episode, self.seed, step, self.smallest_class)
+
+    def plan(self, step: int, task_indices, shape: EpisodeShape | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The episode choices without any pixels: virtual class ids [T, N] and example rows [T, N, K_max+Q] (class
+        c's support is its first shots[c] rows, its queries the Q after them)."""
         tasks = np.asarray(task_indices, dtype=np.int64).reshape(-1)
-        n, per_class = self.episode.ways, self.episode.shots + self.episode.queries
+        shape = shape or self.shape(step)
+        n, per_class = shape.ways, shape.most_shots + shape.queries
         virtual = rng.choose(self.seed, step, tasks, rng.STREAM_CLASSES, self.pool, n)  # [T, N]
         base = virtual // self.variants
         rows = rng.choose(self.seed, step, tasks, rng.STREAM_EXAMPLES, self.counts[base], per_class, lead=(n,))  # [T, N, K+Q]
         return virtual, rows
 
-    def sample(self, step: int, task_indices) -> ClassificationBatch:
+    def sample(self, step: int, task_indices, shape: EpisodeShape | None = None) -> ClassificationBatch:
+        """Tasks `task_indices` of step `step`; `shape` (a MultiSourceSampler's, shared by its sources) or the
+        step's own."""
         tasks = np.asarray(task_indices, dtype=np.int64).reshape(-1)
-        virtual, rows = self.plan(step, tasks)
+        shape = shape or self.shape(step)
+        virtual, rows = self.plan(step, tasks, shape)
         base, variant = virtual // self.variants, virtual % self.variants
         quarter_turns, mirrored = variant_transforms(variant, self.episode.rotations)
         class_index = self.classes[base]  # manifest indices [T, N]
         slots = self.cache.slot_of[class_index]
         if (slots >= 0).all():  # the common case once the cache is warm: no bookkeeping beyond a timestamp
             self.cache.touch(slots)
-            pixels = self._gather(slots, rows)
+            pixels = self._gather(slots, rows, shape)
         elif len(np.unique(class_index)) <= self.cache.slots:
             unique, inverse = self._unique(class_index)
-            pixels = self._gather(self.cache.ensure(unique)[inverse], rows)
+            pixels = self._gather(self.cache.ensure(unique)[inverse], rows, shape)
         else:  # more distinct classes than the cache holds at once: gather task by task
             pixels = torch.cat([
-                self._gather(self.cache.ensure(u)[i], rows[t : t + 1])
+                self._gather(self.cache.ensure(u)[i], rows[t : t + 1], shape)
                 for t in range(len(tasks))
                 for u, i in [self._unique(class_index[t : t + 1])]
             ])
-        t, n, k = len(tasks), self.episode.ways, self.episode.shots
+        t, support = len(tasks), shape.support_size
         # Mirror, then rotate, the uint8 pixels (a quarter of the bytes of float32), grouped by transform.
         array = pixels.numpy()
         if self.episode.reflections:
-            where = np.nonzero(self._per_example(mirrored) == 1)
+            where = np.nonzero(self._per_example(mirrored, shape) == 1)
             if len(where[0]):
                 array[where] = np.flip(array[where], axis=-1)
         if self.episode.rotations:
-            turns = self._per_example(quarter_turns)
+            turns = self._per_example(quarter_turns, shape)
             for turn in range(1, ROTATIONS):
                 where = np.nonzero(turns == turn)
                 if len(where[0]):
@@ -122,11 +131,12 @@ class EpisodeSampler:
         x = pixels.to(torch.float32).div_(255)  # x / 255, as the manifest documents
         if self.episode.affine.enabled:
             x = self._warped(x, step, tasks)
+        support_y, query_y = shape.labels()
         return ClassificationBatch(
-            support_x=x[:, : n * k],
-            support_y=self._support_y.expand(t, -1).clone(),
-            query_x=x[:, n * k :],
-            query_y=self._query_y.expand(t, -1).clone(),
+            support_x=x[:, :support],
+            support_y=support_y.expand(t, -1).clone(),
+            query_x=x[:, support:],
+            query_y=query_y.expand(t, -1).clone(),
             class_index=torch.from_numpy(class_index),
             quarter_turns=torch.from_numpy(quarter_turns),
             mirrored=torch.from_numpy(mirrored.astype(bool)),
@@ -135,23 +145,22 @@ class EpisodeSampler:
             step=int(step),
         )
 
-    def _per_example(self, per_class: np.ndarray) -> np.ndarray:
-        """[T, N] per label → [T, N·(K+Q)] per example, in _gather's layout (all supports, then all queries)."""
-        k, q = self.episode.shots, self.episode.queries
-        return np.concatenate([np.repeat(per_class, k, axis=1), np.repeat(per_class, q, axis=1)], axis=1)
+    @staticmethod
+    def _per_example(per_class: np.ndarray, shape: EpisodeShape) -> np.ndarray:
+        """[T, N] per label → [T, Σk_c + N·Q] per example, in _gather's layout (all supports, then all queries)."""
+        return np.concatenate([per_class[:, shape.support_slots[0]], per_class[:, shape.query_slots[0]]], axis=1)
 
-    def _gather(self, slots: np.ndarray, rows: np.ndarray) -> torch.Tensor:
-        """uint8 [T, N·(K+Q), C, H, W]: all support examples (class by class), then all queries.
+    def _gather(self, slots: np.ndarray, rows: np.ndarray, shape: EpisodeShape) -> torch.Tensor:
+        """uint8 [T, Σk_c + N·Q, C, H, W]: all support examples (class by class), then all queries.
 
         One index_select over the flattened arena, straight into the final layout: no float copies to slice.
         """
-        t, n = slots.shape
-        k, q = self.episode.shots, self.episode.queries
         arena = self.cache.arena
-        flat = slots[..., None] * arena.shape[1] + rows  # [T, N, K+Q] rows of arena.view(-1, C, H, W)
-        order = np.concatenate([flat[..., :k].reshape(t, n * k), flat[..., k:].reshape(t, n * q)], axis=1)
+        flat = slots[..., None] * arena.shape[1] + rows  # [T, N, K_max+Q] rows of arena.view(-1, C, H, W)
+        (sc, sp), (qc, qp) = shape.support_slots, shape.query_slots
+        order = np.concatenate([flat[:, sc, sp], flat[:, qc, qp]], axis=1)
         picked = arena.view(-1, *arena.shape[2:]).index_select(0, torch.from_numpy(order.reshape(-1)))
-        return picked.view(t, n * (k + q), *arena.shape[2:])
+        return picked.view(len(slots), order.shape[1], *arena.shape[2:])
 
     def _shifted(self, pixels: torch.Tensor, step: int, tasks: np.ndarray) -> torch.Tensor:
         """Each example moved by its own (dy, dx) in [-shift, shift]², drawn from (seed, step, task, example):
@@ -259,6 +268,10 @@ class MultiSourceSampler:
         """The first source's shard set: its example shape and preprocessing are every source's."""
         return self.samplers[0].shards
 
+    def shape(self, step: int) -> EpisodeShape:
+        """Step `step`'s episode shape, the same for every source (class sizes: the smallest class of any source)."""
+        return episode_shape(self.episode, self.seed, step, min(s.smallest_class for s in self.samplers))
+
     def sources(self, step: int, task_indices) -> np.ndarray:
         """Each task's source [T], from (seed, step, task) alone: P(source i) = weights[i] / sum(weights)."""
         tasks = np.asarray(task_indices, dtype=np.int64).reshape(-1)
@@ -269,8 +282,10 @@ class MultiSourceSampler:
         tasks = np.asarray(task_indices, dtype=np.int64).reshape(-1)
         which = self.sources(step, tasks)
         parts = [(torch.from_numpy(np.flatnonzero(which == i)), sampler) for i, sampler in enumerate(self.samplers)]
-        # Each source samples its own tasks in one call; the episodes are then put back in task order.
-        batches = [(where, sampler.sample(step, tasks[where.numpy()])) for where, sampler in parts if len(where)]
+        # Each source samples its own tasks in one call, all in the step's one shape; the episodes are then put back in
+        # task order.
+        shape = self.shape(step)
+        batches = [(where, sampler.sample(step, tasks[where.numpy()], shape)) for where, sampler in parts if len(where)]
         merged: dict[str, object] = {"step": int(step)}
         for f in fields(ClassificationBatch):
             if f.name == "step":
