@@ -200,6 +200,43 @@ def test_zero_head_starts_every_task_from_a_zero_head(name, small1_uri):
     for other in ("reptile", "protonet", "meta_lstm"):
         learner = build_learner(AlgorithmConfig(name=other, zero_head=True), model, "classification", ways=3, shots=1)
         assert not getattr(learner, "zero_head", False)
+        learner = build_learner(AlgorithmConfig(name=other, prototype_head=True), model, "classification", ways=3, shots=1)
+        assert not getattr(learner, "prototype_head", False)
+    with pytest.raises(ValueError, match="zero_head and algorithm.prototype_head are two starts for the head"):
+        AlgorithmConfig(zero_head=True, prototype_head=True)
+
+
+@pytest.mark.parametrize("name", ["maml", "fomaml", "anil"])
+def test_prototype_head_starts_every_task_at_protonet_s_logits(name, small1_uri):
+    """Proto-MAML: before any inner step each task's logits are −‖z − c_k‖² up to a per-query constant (so it
+    classifies as ProtoNet does); the meta-gradient reaches the body through the prototypes, never the head's own
+    parameters; the task-batched route and vmap's give the same update."""
+    from metadist.algorithms.protonet import prototypes, squared_distance_logits
+
+    torch.manual_seed(7)
+    model = Conv4(1, 3, hidden=4, image_size=7)
+    learner = LEARNERS[name](model, "classification", inner_lr=0.4, inner_steps=2, eval_inner_steps=0, prototype_head=True)
+    theta = learner.init_meta_params()
+    batch = classification_batch(small1_uri, tasks=2, ways=3, shots=2)
+    adapted = learner.adapt(theta, batch.support_x, batch.support_y, steps=0)
+    logits = learner.predict(theta, adapted, batch.query_x)
+    for t in range(2):
+        embed = lambda x: functional_call(model, theta, (x,), {"embed_only": True})  # noqa: E731
+        reference = squared_distance_logits(embed(batch.query_x[t]), prototypes(embed(batch.support_x[t]), batch.support_y[t], 3))
+        offset = logits[t] - reference  # ‖z‖²: the same for every class of a query
+        torch.testing.assert_close(offset, offset[:, :1].expand_as(offset), rtol=1e-5, atol=1e-5)
+    # "before adaptation" is each task's prototype head, with no inner step
+    torch.testing.assert_close(learner.evaluate(theta, batch, 0)["accuracy_before"], learner.evaluate(theta, batch, 0)["accuracy_after"])
+    update = learner.compute_update(theta, batch)
+    assert all(float(update.tensors[k].abs().max()) == 0 for k in Conv4.HEAD)
+    assert float(update.tensors["features.0.weight"].abs().max()) > 0
+    learner.task_forward = lambda: None  # vmap's route: one task at a time through functional_call
+    by_vmap = learner.compute_update(theta, batch)
+    for k in theta:
+        torch.testing.assert_close(update.tensors[k], by_vmap.tensors[k], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="two different head starts"):
+        LEARNERS[name](model, "classification", inner_lr=0.4, inner_steps=1, eval_inner_steps=1, zero_head=True,
+                       prototype_head=True)
 
 
 def _preprocess_by_hand(x, p=10.0):

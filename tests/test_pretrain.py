@@ -89,6 +89,9 @@ def test_pretraining_is_refused_where_it_cannot_work():
     with pytest.raises(ConfigError, match=r"pretrain\.epochs must be 0 for regression"):
         apply_overrides(JobConfig(), ["data.regression={family: sinusoid}", "data.train=null", "data.test=null",
                                       "model.name=mlp", "pretrain.epochs=1"])
+    with pytest.raises(ConfigError, match=r"algorithm\.prototype_head must be false for regression"):
+        apply_overrides(JobConfig(), ["data.regression={family: sinusoid}", "data.train=null", "data.test=null",
+                                      "model.name=mlp", "algorithm.prototype_head=true"])
     with pytest.raises(ConfigError, match=r"pretrain\.batch_size"):
         apply_overrides(JobConfig(), ["pretrain.batch_size=1"])
 

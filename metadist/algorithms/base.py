@@ -142,7 +142,7 @@ class MetaLearner(ABC):
             out = self.predict(meta_params, adapted, batch.query_x)
             metrics = self.per_task_metrics(out, batch.query_y, "after")
             if self.adapts_weights:
-                before = over_tasks(self.forward, in_dims=(None, 0))(self.task_start(meta_params), batch.query_x)
+                before = self.outputs_before_adaptation(meta_params, batch)
                 metrics.update(self.per_task_metrics(before, batch.query_y, "before"))
         return metrics
 
@@ -153,9 +153,13 @@ class MetaLearner(ABC):
         if not self.adapts_weights:
             return {}
         with torch.no_grad():
-            out = over_tasks(self.forward, in_dims=(None, 0))(self.task_start(meta_params), batch.query_x)
+            out = self.outputs_before_adaptation(meta_params, batch)
             metrics = self.per_task_metrics(out, batch.query_y, "before")
         return {k: float(v.sum()) for k, v in metrics.items()}
+
+    def outputs_before_adaptation(self, meta_params: Params, batch) -> torch.Tensor:
+        """Each task's query outputs [T, Q, ...] from the parameters it starts its inner loop from."""
+        return over_tasks(self.forward, in_dims=(None, 0))(self.task_start(meta_params), batch.query_x)
 
     def per_task_metrics(self, out: torch.Tensor, y: torch.Tensor, when: str) -> dict[str, torch.Tensor]:
         """Query loss (and accuracy, for classification) of each task's outputs [T, Q, ...]: 'loss_<when>' [T] ..."""

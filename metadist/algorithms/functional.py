@@ -153,10 +153,12 @@ def sgd_adapt_tasks(
     lr: float | Params,
     adapt_names: Iterable[str] | None = None,
     first_order: bool = False,
+    task_params: Params | None = None,
 ) -> Params:
     """The inner loop for all T tasks at once, gradients by autograd instead of torch.func: x [T, B, ...], y [T, B, ...].
 
-    params are shared by the tasks (no task axis); the result has one: [T, *shape] per parameter. Each step
+    params are shared by the tasks (no task axis); task_params, if given, already have one and replace those of
+    params (a head made from each task's support set); the result has one: [T, *shape] per parameter. Each step
     differentiates the sum of the T task losses with respect to the [T, ...] per-task parameters; task t's loss
     depends only on its own slice, so the slices of that gradient are the tasks' own gradients — the same
     numbers as vmap(sgd_adapt). Differentiable end to end (create_graph) unless first_order, which takes each
@@ -171,7 +173,8 @@ def sgd_adapt_tasks(
         return dict(zip(at, grads))
 
     with torch.enable_grad():  # evaluation may call this under no_grad; the inner gradients are still needed
-        return inner_sgd(per_task(params, x.shape[0]), steps=steps, lr=lr, adapt_names=adapt_names, gradient=gradient)
+        start = per_task(params, x.shape[0]) | (task_params or {})
+        return inner_sgd(start, steps=steps, lr=lr, adapt_names=adapt_names, gradient=gradient)
 
 
 def tensor_bytes(tensors: Params) -> int:

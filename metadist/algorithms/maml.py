@@ -18,7 +18,15 @@ import torch
 from torch.func import grad_and_value
 
 from metadist.algorithms.base import MetaLearner, Update, in_passes
-from metadist.algorithms.functional import Params, TaskForward, accuracy, over_tasks, sgd_adapt, sgd_adapt_tasks
+from metadist.algorithms.functional import (
+    Params,
+    TaskForward,
+    accuracy,
+    over_tasks,
+    per_task,
+    sgd_adapt,
+    sgd_adapt_tasks,
+)
 from metadist.config.job import ZERO_HEAD_ALGORITHMS
 
 # On CPU, 8 tasks at a time is 10-20% faster than 32 (conv-4, Omniglot 5- and 20-way, 2 cores: the activations of
@@ -28,12 +36,15 @@ CPU_TASKS_PER_PASS = 8
 # forward-backward passes. On CPU at most this many are held at once: 8 tasks at 1 inner step, 2 at 5 (which
 # keeps 5-step MAML's peak RSS under learn2learn's, which holds one task's graph at a time).
 CPU_SECOND_ORDER_PASSES = 16
+# A prototype head's bias for a class the support set lacks: its logit never wins, and exp() of it is exactly 0.
+ABSENT_CLASS_BIAS = -1e4
 
 class MAML(MetaLearner):
     name = "maml"
     first_order = False
 
-    def __init__(self, *args, tasks_per_pass: int | None = None, zero_head: bool = False, **kwargs) -> None:
+    def __init__(self, *args, tasks_per_pass: int | None = None, zero_head: bool = False, prototype_head: bool = False,
+                 **kwargs) -> None:
         """tasks_per_pass: compute_update differentiates at most this many tasks at a time and sums the parts.
 
         The result is the same up to float rounding; memory grows with the tasks whose graphs are alive together
@@ -45,21 +56,31 @@ class MAML(MetaLearner):
         init can only be a bias towards some classes that adaptation must first undo; from zero, the first inner
         step sets each class's weights to the inner rate times its support examples' mean features (minus the mean
         over classes), prototype-like. The head's meta-parameters are then unused (their gradient is zero).
+
+        prototype_head: every task starts from the head that makes the logits ProtoNet's (Proto-MAML, Triantafillou
+        et al. 2020): row k = 2·c_k, bias −‖c_k‖², c_k the mean embedding of class k's support examples, since
+        −‖z − c_k‖² = 2 c_k·z − ‖c_k‖² − ‖z‖² and the last term is the same for every class. The meta-gradient flows
+        through the prototypes into the body; the head's meta-parameters are unused.
         """
         super().__init__(*args, **kwargs)
         if tasks_per_pass is not None and tasks_per_pass < 1:
             raise ValueError(f"{type(self).__name__}: tasks_per_pass must be >= 1 or None, got {tasks_per_pass}")
-        if zero_head and not getattr(self.model, "HEAD", None):
-            raise ValueError(f"{type(self).__name__}: zero_head needs a model that names its head parameters (HEAD); "
-                             f"{type(self.model).__name__} does not")
+        for option, wanted in (("zero_head", zero_head), ("prototype_head", prototype_head)):
+            if wanted and not getattr(self.model, "HEAD", None):
+                raise ValueError(f"{type(self).__name__}: {option} needs a model that names its head parameters (HEAD); "
+                                 f"{type(self.model).__name__} does not")
+        if zero_head and prototype_head:
+            raise ValueError(f"{type(self).__name__}: zero_head and prototype_head are two different head starts; pick one")
         self.tasks_per_pass = tasks_per_pass
         self.zero_head = zero_head
+        self.prototype_head = prototype_head
 
     @classmethod
     def from_config(cls, config, model: torch.nn.Module, kind: str, **settings) -> Self:
-        # algorithm.zero_head is for the MAML family; the Meta-Learner LSTM (a subclass) updates its head by its own rule.
-        zero_head = config.zero_head and config.name in ZERO_HEAD_ALGORITHMS
-        return super().from_config(config, model, kind, tasks_per_pass=config.tasks_per_pass, zero_head=zero_head,
+        # The head starts are for the MAML family; the Meta-Learner LSTM (a subclass) updates its head by its own rule.
+        family = config.name in ZERO_HEAD_ALGORITHMS
+        return super().from_config(config, model, kind, tasks_per_pass=config.tasks_per_pass,
+                                   zero_head=config.zero_head and family, prototype_head=config.prototype_head and family,
                                    **settings)
 
     def head_names(self) -> tuple[str, ...]:
@@ -78,9 +99,31 @@ class MAML(MetaLearner):
     def adapt_names(self) -> tuple[str, ...] | None:
         return None  # every parameter
 
+    def head_from_prototypes(self, z: torch.Tensor, y: torch.Tensor) -> Params:
+        """The head whose logits are −‖z − c_k‖² + const (prototype_head), from support embeddings z [..., S, D] and
+        labels y [..., S]; a class the support lacks gets a bias that no logit of the others falls below."""
+        weight_name, bias_name = self.head_names()
+        ways = self.model.get_parameter(weight_name).shape[0]
+        one_hot = (y.unsqueeze(-1) == torch.arange(ways, device=y.device)).to(z.dtype)  # [..., S, N] (vmap-safe)
+        counts = one_hot.sum(-2)  # [..., N]
+        centres = (one_hot.transpose(-1, -2) @ z) / counts.clamp(min=1).unsqueeze(-1)  # [..., N, D]
+        bias = torch.where(counts > 0, -(centres**2).sum(-1), torch.full_like(counts, ABSENT_CLASS_BIAS))
+        return {weight_name: 2 * centres, bias_name: bias}
+
+    def _task_start_for(self, meta_params: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
+        """One task's starting parameters, given its support set (which a prototype head is made from)."""
+        params = self.task_start(meta_params)
+        if not self.prototype_head:
+            return params
+        z = self.forward_embedding(params, x)
+        return params | self.head_from_prototypes(z, y)
+
+    def forward_embedding(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(self.model, params, (x,), {"embed_only": True})
+
     def _adapt_one(self, meta_params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, first_order: bool) -> Params:
         return sgd_adapt(
-            self.forward, self.loss, self.task_start(meta_params), x, y,
+            self.forward, self.loss, self._task_start_for(meta_params, x, y), x, y,
             steps=steps, lr=self.inner_lrs(meta_params), adapt_names=self.adapt_names(), first_order=first_order,
         )
 
@@ -106,7 +149,7 @@ class MAML(MetaLearner):
             if not self.first_order:
                 size = max(1, min(size, CPU_SECOND_ORDER_PASSES // (self.inner_steps + 1)))
         update = in_passes(self._compute_update, meta_params, batch, size)
-        if self.zero_head:  # the head's meta-parameters are unused; first order would otherwise move them along ∇θ'
+        if self.zero_head or self.prototype_head:  # the head's meta-parameters are unused (first order would move them)
             update.tensors.update({k: torch.zeros_like(update.tensors[k]) for k in self.head_names()})
         return update
 
@@ -145,14 +188,17 @@ class MAML(MetaLearner):
                 adapted = sgd_adapt_tasks(
                     forward_tasks, self.loss, params, batch.support_x, batch.support_y, steps=self.inner_steps,
                     lr=self.inner_lrs(meta_params), adapt_names=self.adapt_names(), first_order=True,
+                    task_params=self._prototype_heads(forward_tasks, params, batch),
                 )
                 wrt = {k: v.detach().requires_grad_() for k, v in adapted.items()}
                 out = forward_tasks(wrt, batch.query_x)
             else:
                 wrt = {k: v.detach().requires_grad_() for k, v in meta_params.items()}
+                start = self.task_start(wrt)
                 adapted = sgd_adapt_tasks(
-                    forward_tasks, self.loss, self.task_start(wrt), batch.support_x, batch.support_y,
+                    forward_tasks, self.loss, start, batch.support_x, batch.support_y,
                     steps=self.inner_steps, lr=self.inner_lrs(wrt), adapt_names=self.adapt_names(),
+                    task_params=self._prototype_heads(forward_tasks, start, batch),
                 )
                 out = forward_tasks(adapted, batch.query_x)
             losses = over_tasks(self.loss)(out, batch.query_y)  # [T]
@@ -165,12 +211,25 @@ class MAML(MetaLearner):
         metrics = {"loss_after": float(losses.detach().sum()), **{k: float(v.sum()) for k, v in aux.items()}}
         return Update("gradient", tensors, len(losses), metrics)
 
+    def _prototype_heads(self, forward_tasks: TaskForward, params: Params, batch) -> Params | None:
+        """Each task's prototype head [T, ...] (prototype_head), or None."""
+        if not self.prototype_head:
+            return None
+        z = forward_tasks(per_task(params, len(batch)), batch.support_x, embed_only=True)  # type: ignore[call-arg]
+        return self.head_from_prototypes(z, batch.support_y)
+
     def adapt(self, meta_params: Params, support_x, support_y, steps: int | None = None) -> Params:
         steps = self.eval_inner_steps if steps is None else steps
         return over_tasks(lambda x, y: self._adapt_one(meta_params, x, y, steps, first_order=True))(support_x, support_y)
 
     def predict(self, meta_params: Params, adapted: Params, query_x) -> torch.Tensor:
         return over_tasks(self.forward)(adapted, query_x)
+
+    def outputs_before_adaptation(self, meta_params: Params, batch) -> torch.Tensor:
+        if not self.prototype_head:
+            return super().outputs_before_adaptation(meta_params, batch)
+        # Each task starts from its own head (its prototypes): "before" is that head, no inner step taken.
+        return self.predict(meta_params, self.adapt(meta_params, batch.support_x, batch.support_y, steps=0), batch.query_x)
 
 
 class FirstOrderMAML(MAML):

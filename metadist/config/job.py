@@ -242,6 +242,12 @@ class AlgorithmConfig(StrictModel):
         "a learned one (the zeroing trick, Kao et al. 2022); with it, first-order MAML learns about as well as MAML. "
         "Other learners have no head that tasks adapt, and ignore it (so a job that sets it can switch learners)",
     )
+    prototype_head: bool = Field(
+        False, description="MAML family: every task adapts from the head that makes its logits ProtoNet's (Proto-MAML, "
+        "Triantafillou et al. 2020): row k = 2·c_k, bias −‖c_k‖², c_k the mean embedding of class k's support examples; "
+        "the meta-gradient flows through the prototypes into the body. In 1-shot the support set sits on its prototypes, "
+        "so the inner steps barely move it and training is close to ProtoNet's. Others ignore it, as zero_head",
+    )
     matching_fce: bool = Field(False, description="Matching Networks: full-context embeddings (LSTMs over the support set)")
     tasks_per_pass: int | None = Field(
         None, ge=1, description="tasks differentiated together (memory grows with it, the result does not change). MAML "
@@ -251,6 +257,8 @@ class AlgorithmConfig(StrictModel):
 
     @model_validator(mode="after")
     def _inner_loop_settings(self) -> "AlgorithmConfig":
+        if self.zero_head and self.prototype_head:
+            raise ValueError("algorithm.zero_head and algorithm.prototype_head are two starts for the head; set one")
         if self.inner_optimizer != "sgd" and self.name not in MINIBATCH_INNER_LOOP_ALGORITHMS:
             raise ValueError(f"algorithm.inner_optimizer {self.inner_optimizer!r}: only for "
                              f"{' and '.join(MINIBATCH_INNER_LOOP_ALGORITHMS)}; {self.name} adapts with plain SGD")
@@ -557,6 +565,9 @@ class JobConfig(StrictModel):
                 raise ValueError("model.name must be 'mlp' for regression (data.regression is set)")
             if self.pretrain.epochs:
                 raise ValueError("pretrain.epochs must be 0 for regression: pre-training classifies the training classes")
+            if self.algorithm.prototype_head:
+                raise ValueError("algorithm.prototype_head must be false for regression: there are no classes to make "
+                                 "prototypes of")
         else:
             if self.model.name == "mlp":
                 raise ValueError("model.name 'mlp' is for regression; image classification takes 'conv4', 'resnet12' or 'wrn'")

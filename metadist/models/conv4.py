@@ -83,11 +83,12 @@ class Conv4(nn.Module):
         z = self.features(x)
         return z.flatten(1) if self.pool == "flatten" else z.mean(dim=(2, 3))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, embed_only: bool = False) -> torch.Tensor:
+        """Logits, or the embedding with embed_only (what functional_call can ask for: it calls forward only)."""
         z = self.embed(x)
-        return self.head(z) if self.head is not None else z
+        return self.head(z) if self.head is not None and not embed_only else z
 
-    def forward_tasks(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def forward_tasks(self, params: dict[str, torch.Tensor], x: torch.Tensor, embed_only: bool = False) -> torch.Tensor:
         """T tasks at once, each with its own parameters: params[name] [T, *shape], x [T, B, C, H, W] → [T, B, out].
 
         Equal to vmap(functional_call(self, ...)) over the task axis, but computed with T folded into the channel
@@ -101,7 +102,7 @@ class Conv4(nn.Module):
         if torch.is_autocast_enabled(x.device.type):
             # The hand-written double backward below is fp32 only: under bf16 autocast this route stays fp32.
             with torch.autocast(x.device.type, enabled=False):
-                return self.forward_tasks(params, x.float())
+                return self.forward_tasks(params, x.float(), embed_only)
         tasks, batch, channels, height, width = x.shape
         # [B, T·C, H, W], contiguous (NCHW). Not channels-last: oneDNN's grouped convolution backward is faster in it
         # but, in PyTorch 2.13 on CPU, returns wrong input gradients for some groups at realistic sizes (conv-4 with
@@ -125,6 +126,6 @@ class Conv4(nn.Module):
                 raise TypeError(f"Conv4.forward_tasks: no task-batched form for {type(layer).__name__} ({name})")
         z = h.flatten(2) if self.pool == "flatten" else h.mean(dim=(2, 3), keepdim=True).flatten(2)  # [B, T·C, ·]
         z = z.reshape(batch, tasks, -1).transpose(0, 1)  # [T, B, D], each task's features in flatten(1) order
-        if self.head is None:
+        if self.head is None or embed_only:
             return z
         return torch.baddbmm(params["head.bias"].unsqueeze(1), z, params["head.weight"].transpose(1, 2))

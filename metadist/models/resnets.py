@@ -103,9 +103,10 @@ class ResNet12(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x).mean(dim=(2, 3))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, embed_only: bool = False) -> torch.Tensor:
+        """Logits, or the embedding with embed_only (what functional_call can ask for: it calls forward only)."""
         z = self.embed(x)
-        return self.head(z) if self.head is not None else z
+        return self.head(z) if self.head is not None and not embed_only else z
 
 
 class WideBlock(nn.Module):
@@ -156,6 +157,7 @@ class WideResNet(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.bn(self.blocks(self.stem(x)))).mean(dim=(2, 3))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, embed_only: bool = False) -> torch.Tensor:
+        """Logits, or the embedding with embed_only (what functional_call can ask for: it calls forward only)."""
         z = self.embed(x)
-        return self.head(z) if self.head is not None else z
+        return self.head(z) if self.head is not None and not embed_only else z
