@@ -239,6 +239,29 @@ def test_prototype_head_starts_every_task_at_protonet_s_logits(name, small1_uri)
                        prototype_head=True)
 
 
+@pytest.mark.parametrize("name", ["maml", "fomaml"])
+def test_prototype_head_meta_gradient_is_protonet_s_when_the_inner_step_is_negligible(name, small1_uri):
+    """With an inner rate of ~0, θ' = θ and the head is the prototypes' own: the query loss is ProtoNet's (logits
+    differ by ‖z‖², the same for every class), so the meta-gradient must be ProtoNet's. For first order, that holds
+    only if the gradient follows the query loss through the prototypes back into the body."""
+    torch.manual_seed(8)
+    model = Conv4(1, 3, hidden=4, image_size=7)
+    learner = LEARNERS[name](model, "classification", inner_lr=1e-30, inner_steps=1, eval_inner_steps=1, prototype_head=True)
+    theta = learner.init_meta_params()
+    embedder = Conv4(1, None, hidden=4, image_size=7)
+    protonet = LEARNERS["protonet"](embedder, "classification", inner_lr=0.1, inner_steps=1, eval_inner_steps=1)
+    body = {k: v for k, v in theta.items() if k not in Conv4.HEAD}
+    assert set(body) == set(protonet.init_meta_params())
+    batch = classification_batch(small1_uri, tasks=2, ways=3, shots=2)
+    expected = protonet.compute_update(body, batch)
+    got = learner.compute_update(theta, batch)
+    for k in body:
+        torch.testing.assert_close(got.tensors[k], expected.tensors[k], rtol=1e-4, atol=1e-6)
+    learner.task_forward = lambda: None  # and through vmap's route
+    for k in body:
+        torch.testing.assert_close(learner.compute_update(theta, batch).tensors[k], expected.tensors[k], rtol=1e-4, atol=1e-6)
+
+
 def _preprocess_by_hand(x, p=10.0):
     """Andrychowicz et al.'s gradient preprocessing, element by element."""
     out = []

@@ -166,32 +166,43 @@ class MAML(MetaLearner):
         return Update("gradient", {k: g.sum(0) for k, g in grads.items()}, len(losses), metrics)
 
     def _first_order_task(self, meta_params: Params, sx, sy, qx, qy):
-        # θ' is a constant here: no graph through the inner loop, only ∇_θ' L_query(θ').
+        # θ' is a constant here: no graph through the inner loop, only ∇_θ' L_query(θ') (and, with a prototype head,
+        # the query loss's path through the prototypes the head started from: see with_prototype_gradient).
         adapted = self._adapt_one(meta_params, sx, sy, self.inner_steps, first_order=True)
         adapted = {k: v.detach() for k, v in adapted.items()}
 
-        def query_loss(params: Params):
+        def query_loss(params: Params, meta: Params):
+            if self.prototype_head:
+                heads = self.head_from_prototypes(self.forward_embedding(self.task_start(meta), sx), sy)
+                params = with_prototype_gradient(params, heads)
             out = self.forward(params, qx)
             return self.loss(out, qy), self._aux(out, qy)
 
-        grads, (loss, aux) = grad_and_value(query_loss, has_aux=True)(adapted)
+        if self.prototype_head:
+            (grads, through), (loss, aux) = grad_and_value(query_loss, argnums=(0, 1), has_aux=True)(adapted, meta_params)
+        else:
+            grads, (loss, aux) = grad_and_value(query_loss, has_aux=True)(adapted, meta_params)
+            through = {}
         # Parameters the inner loop does not touch (Meta-SGD's learning rates) get no first-order gradient.
-        full = {k: grads.get(k, torch.zeros_like(v)) for k, v in meta_params.items()}
+        full = {k: grads.get(k, torch.zeros_like(v)) + through.get(k, 0) for k, v in meta_params.items()}
         return full, (loss, aux)
 
     def _compute_update_all_tasks(self, forward_tasks: TaskForward, meta_params: Params, batch) -> Update:
         """compute_update with the tasks batched by the model and autograd, not vmap: the same numbers."""
         with torch.enable_grad():
+            # With a prototype head, first order also follows the query loss through the prototypes back to θ.
+            theta = {k: v.detach().requires_grad_() for k, v in meta_params.items()} if self.first_order and self.prototype_head else {}
             if self.first_order:
                 # θ' is a constant: the inner loop builds no graph and the gradient is taken at θ' itself.
                 params = {k: v.detach() for k, v in self.task_start(meta_params).items()}
+                heads = self._prototype_heads(forward_tasks, self.task_start(theta), batch) if theta else None
                 adapted = sgd_adapt_tasks(
                     forward_tasks, self.loss, params, batch.support_x, batch.support_y, steps=self.inner_steps,
                     lr=self.inner_lrs(meta_params), adapt_names=self.adapt_names(), first_order=True,
-                    task_params=self._prototype_heads(forward_tasks, params, batch),
+                    task_params=None if heads is None else {k: h.detach() for k, h in heads.items()},
                 )
                 wrt = {k: v.detach().requires_grad_() for k, v in adapted.items()}
-                out = forward_tasks(wrt, batch.query_x)
+                out = forward_tasks(wrt if heads is None else with_prototype_gradient(wrt, heads), batch.query_x)
             else:
                 wrt = {k: v.detach().requires_grad_() for k, v in meta_params.items()}
                 start = self.task_start(wrt)
@@ -202,10 +213,14 @@ class MAML(MetaLearner):
                 )
                 out = forward_tasks(adapted, batch.query_x)
             losses = over_tasks(self.loss)(out, batch.query_y)  # [T]
-            grads = torch.autograd.grad(losses.sum(), list(wrt.values()), allow_unused=True)
-        # First order: per-task gradients at each θ'_t, summed here; second order: already summed over tasks by
-        # the per-task copies' backward. Parameters with no gradient (Meta-SGD's rates in first order) get zeros.
+            grads = torch.autograd.grad(losses.sum(), [*wrt.values(), *theta.values()], allow_unused=True)
+        # First order: per-task gradients at each θ'_t, summed here (plus the prototypes' path to θ); second order:
+        # already summed over tasks by the per-task copies' backward. Parameters with no gradient (Meta-SGD's rates
+        # in first order) get zeros.
         summed = {k: (g.sum(0) if self.first_order else g) for k, g in zip(wrt, grads) if g is not None}
+        for k, g in zip(theta, grads[len(wrt):]):
+            if g is not None:
+                summed[k] = summed[k] + g if k in summed else g
         tensors = {k: summed[k] if k in summed else torch.zeros_like(v) for k, v in meta_params.items()}
         aux = over_tasks(self._aux)(out.detach(), batch.query_y)
         metrics = {"loss_after": float(losses.detach().sum()), **{k: float(v.sum()) for k, v in aux.items()}}
@@ -230,6 +245,12 @@ class MAML(MetaLearner):
             return super().outputs_before_adaptation(meta_params, batch)
         # Each task starts from its own head (its prototypes): "before" is that head, no inner step taken.
         return self.predict(meta_params, self.adapt(meta_params, batch.support_x, batch.support_y, steps=0), batch.query_x)
+
+
+def with_prototype_gradient(adapted: Params, heads: Params) -> Params:
+    """The adapted parameters, whose head's value stays the adapted head but whose gradient also flows into the
+    prototype heads it started from (first-order Proto-MAML: the inner steps are constants, the start is not)."""
+    return adapted | {k: adapted[k] + (heads[k] - heads[k].detach()) for k in heads}
 
 
 class FirstOrderMAML(MAML):
