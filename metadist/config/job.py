@@ -34,10 +34,10 @@ METRIC_ALGORITHMS: tuple[str, ...] = ("protonet", "matching", "siamese", "snail"
 # Learners whose inner loop is not differentiated, so it may take minibatches and use Adam (Reptile's recipe).
 MINIBATCH_INNER_LOOP_ALGORITHMS: tuple[str, ...] = ("reptile", "model_averaging")
 ZERO_HEAD_ALGORITHMS: tuple[str, ...] = ("maml", "fomaml", "anil", "metasgd")
-# Variable-way episodes need a learner with no fixed-size head; unequal shots, one that takes the support set as a set
-# (not Reptile's class-balanced minibatches, SNAIL's fixed sequence, or the Meta-Learner LSTM's fixed support size).
+# Variable-way episodes need a learner with no output layer sized by the ways; unequal shots, one that takes the support
+# set as it comes (not Reptile's and model averaging's minibatches, which take every class in turn).
 VARIABLE_WAYS_ALGORITHMS: tuple[str, ...] = ("protonet", "matching", "siamese")
-VARIABLE_SHOTS_ALGORITHMS: tuple[str, ...] = VARIABLE_WAYS_ALGORITHMS + ZERO_HEAD_ALGORITHMS
+VARIABLE_SHOTS_ALGORITHMS: tuple[str, ...] = VARIABLE_WAYS_ALGORITHMS + ZERO_HEAD_ALGORITHMS + ("meta_lstm", "snail")
 DISTRIBUTED_MODES: tuple[str, ...] = get_args(DistributedMode)
 STALE_POLICIES: tuple[str, ...] = get_args(StalePolicy)
 # Where checkpoints go when checkpoint.uri is unset ({name}: the job's name).
