@@ -262,6 +262,37 @@ def test_prototype_head_meta_gradient_is_protonet_s_when_the_inner_step_is_negli
         torch.testing.assert_close(learner.compute_update(theta, batch).tensors[k], expected.tensors[k], rtol=1e-4, atol=1e-6)
 
 
+def test_test_time_shifts_adapt_on_every_copy_and_average_the_queries_outputs(small1_uri):
+    """algorithm.eval_shift = s: the support set and its copies moved by each offset in [−s, s]², and the mean of
+    the outputs over each query's copies; ProtoNet's prototypes are then the means over all copies."""
+    from metadist.algorithms.base import shifted_copies
+    from metadist.algorithms.protonet import prototypes, squared_distance_logits
+    from metadist.data.sampler import shift_examples
+
+    batch = classification_batch(small1_uri, tasks=2, ways=3, shots=2)
+    copies = shifted_copies(batch.support_x, 1)
+    assert copies.shape == (9, *batch.support_x.shape)
+    assert torch.equal(copies[4], batch.support_x)  # the centre of the grid is the image itself
+    one = shift_examples(batch.support_x[0], torch.tensor([[1, -1]]).expand(6, 2), 1)  # (dy, dx) = (1, −1): copy 6
+    assert torch.equal(copies[6, 0], one) and float(copies[6, 0, :, :, 0].abs().max()) == 0  # zero fill
+    torch.manual_seed(9)
+    model = Conv4(1, None, hidden=4, image_size=7)
+    learner = LEARNERS["protonet"](model, "classification", inner_lr=0.1, inner_steps=1, eval_inner_steps=1)
+    theta = learner.init_meta_params()
+    plain = learner.predict(theta, learner.adapt(theta, batch.support_x, batch.support_y), batch.query_x)
+    torch.testing.assert_close(learner.predict_at_test(theta, learner.adapt_at_test(theta, batch.support_x, batch.support_y),
+                                                       batch.query_x), plain)  # eval_shift 0: adapt and predict
+    learner.eval_shift = 1
+    logits = learner.predict_at_test(theta, learner.adapt_at_test(theta, batch.support_x, batch.support_y), batch.query_x)
+    embed = lambda x: functional_call(model, theta, (x,))  # noqa: E731
+    for t in range(2):
+        every = torch.cat(list(copies[:, t]))  # the 9 copies of the support set, one after the other
+        protos = prototypes(embed(every), batch.support_y[t].repeat(9), 3)
+        expected = torch.stack([squared_distance_logits(embed(q[t]), protos) for q in shifted_copies(batch.query_x, 1)]).mean(0)
+        torch.testing.assert_close(logits[t], expected, rtol=1e-5, atol=1e-5)
+    assert learner.evaluate(theta, batch)["accuracy_after"].shape == (2,)
+
+
 def _preprocess_by_hand(x, p=10.0):
     """Andrychowicz et al.'s gradient preprocessing, element by element."""
     out = []

@@ -16,6 +16,7 @@ import torch
 from torch.func import grad_and_value
 
 from metadist.algorithms.functional import Forward, Params, accuracy, make_forward, over_tasks, task_loss
+from metadist.data.sampler import shift_examples
 
 if TYPE_CHECKING:
     from metadist.config import AlgorithmConfig
@@ -77,6 +78,9 @@ class MetaLearner(ABC):
     # Prefixes (among extra_prefixes) of entries that are running statistics rather than learned parameters: the outer
     # step sets them to the mean the tasks report, with no optimizer (Reptile's inner Adam second moment).
     running_prefixes: tuple[str, ...] = ()
+    # Test-time augmentation (algorithm.eval_shift): adapt_at_test and predict_at_test also see every example moved by
+    # each offset within ±eval_shift pixels. Set by from_config; 0 is off.
+    eval_shift: int = 0
 
     def __init__(self, model: torch.nn.Module, kind: str, *, inner_lr: float, inner_steps: int, eval_inner_steps: int) -> None:
         self.model = model
@@ -90,10 +94,12 @@ class MetaLearner(ABC):
     @classmethod
     def from_config(cls, config: "AlgorithmConfig", model: torch.nn.Module, kind: str, **settings) -> Self:
         """The learner the configuration describes; a learner with settings of its own adds them as `settings`."""
-        return cls(
+        learner = cls(
             model, kind, inner_lr=config.inner_lr, inner_steps=config.inner_steps, eval_inner_steps=config.eval_inner_steps,
             **settings,
         )
+        learner.eval_shift = config.eval_shift
+        return learner
 
     # -- parameters ------------------------------------------------------------------------------------------
     def init_meta_params(self) -> Params:
@@ -133,13 +139,32 @@ class MetaLearner(ABC):
         """Logits [T, Q, N] (or regression outputs [T, Q, 1]) for each task's queries."""
 
     # -- evaluation ------------------------------------------------------------------------------------------
+    def adapt_at_test(self, meta_params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
+                      steps: int | None = None) -> Params:
+        """`adapt` as evaluation and serving use it: with eval_shift = s, on the support set and each example's copies
+        moved by every offset in [−s, s]² (zero fill), (2s + 1)² times as many examples."""
+        if not self.eval_shift:
+            return self.adapt(meta_params, support_x, support_y, steps)
+        copies = shifted_copies(support_x, self.eval_shift)  # [n, T, S, C, H, W]
+        n, tasks, size = copies.shape[:3]
+        x = copies.transpose(0, 1).reshape(tasks, n * size, *copies.shape[3:])
+        return self.adapt(meta_params, x, support_y.repeat(1, n), steps)
+
+    def predict_at_test(self, meta_params: Params, adapted: Params, query_x: torch.Tensor) -> torch.Tensor:
+        """`predict` as evaluation and serving use it: with eval_shift, the mean of the outputs for each query's
+        shifted copies (for a linear head or ProtoNet's distances, the prediction of the mean embedding)."""
+        if not self.eval_shift:
+            return self.predict(meta_params, adapted, query_x)
+        outputs = [self.predict(meta_params, adapted, copy) for copy in shifted_copies(query_x, self.eval_shift)]
+        return torch.stack(outputs).mean(0)
+
     def evaluate(self, meta_params: Params, batch, steps: int | None = None) -> dict[str, torch.Tensor]:
         """Per-task query loss (and accuracy) after adaptation, and before it for weight-adapting learners: [T]."""
         # torch.func.grad ignores an outer no_grad, so inner loops still adapt; nothing else builds a graph. Eval mode
         # switches training-only regularisers (DropBlock) off; batch norm is transductive either way.
         with torch.no_grad(), evaluation_mode(self.model):
-            adapted = self.adapt(meta_params, batch.support_x, batch.support_y, steps)
-            out = self.predict(meta_params, adapted, batch.query_x)
+            adapted = self.adapt_at_test(meta_params, batch.support_x, batch.support_y, steps)
+            out = self.predict_at_test(meta_params, adapted, batch.query_x)
             metrics = self.per_task_metrics(out, batch.query_y, "after")
             if self.adapts_weights:
                 before = self.outputs_before_adaptation(meta_params, batch)
@@ -222,3 +247,15 @@ class MetricLearner(MetaLearner):
         )
         metrics = {"loss_after": float(losses.sum()), "accuracy_after": float(acc.sum())}
         return Update("gradient", {k: g.sum(0) for k, g in grads.items()}, len(losses), metrics)
+
+
+def shifted_copies(x: torch.Tensor, shift: int) -> torch.Tensor:
+    """Images [T, M, C, H, W] moved by every offset (dy, dx) in [−shift, shift]² (zero fill): [(2·shift + 1)², T, M, ...],
+    the unshifted copy at the centre of the grid."""
+    tasks, m = x.shape[:2]
+    flat = x.reshape(tasks * m, *x.shape[2:])
+    offsets = [(dy, dx) for dy in range(-shift, shift + 1) for dx in range(-shift, shift + 1)]
+    return torch.stack([
+        shift_examples(flat, torch.tensor([offset], device=x.device).expand(len(flat), 2), shift).reshape(x.shape)
+        for offset in offsets
+    ])

@@ -35,6 +35,8 @@ def add_commands(commands) -> None:
     ev.add_argument("--shots", type=int)
     ev.add_argument("--queries", type=int)
     ev.add_argument("--inner-steps", type=int, help="adaptation steps (default: the job's algorithm.eval_inner_steps)")
+    ev.add_argument("--eval-shift", type=int, help="test-time augmentation: shifted copies within ±N px (default: the "
+                    "job's algorithm.eval_shift)")
     ev.add_argument("--seed", type=int, help="episode seed (default: the job's)")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
     ev.set_defaults(handler=_eval)
@@ -102,6 +104,7 @@ def _eval(args) -> int:
         "--shots": ("data.test_episode.shots", args.shots),
         "--queries": ("data.test_episode.queries", args.queries),
         "--inner-steps": ("algorithm.eval_inner_steps", args.inner_steps),
+        "--eval-shift": ("algorithm.eval_shift", args.eval_shift),
         "--seed": ("train.seed", args.seed),
     })  # fmt: skip
     source, episode = None, None

@@ -109,7 +109,7 @@ class FewShotClassifier:
         x = self._tensor(support_images, "support")
         y = torch.tensor([index[str(label)] for label in support_labels], device=self.device)
         with self._lock, autocast(self.job.train.precision, self.device):
-            state = self.learner.adapt(self.meta_params, x[None], y[None], self.inner_steps)
+            state = self.learner.adapt_at_test(self.meta_params, x[None], y[None], self.inner_steps)
         return AdaptedTask(labels, {k: v.detach() for k, v in state.items()}, len(support_images))
 
     def classify(self, task: AdaptedTask, query_images: Sequence[ImageInput]) -> list[Prediction]:
@@ -117,7 +117,7 @@ class FewShotClassifier:
             return []
         x = self._tensor(query_images, "query")
         with self._lock, torch.no_grad(), autocast(self.job.train.precision, self.device):
-            logits = self.learner.predict(self.meta_params, task.state, x[None])[0]
+            logits = self.learner.predict_at_test(self.meta_params, task.state, x[None])[0]
         # A head wider than this task's classes (a 5-way model on 3 classes): the unused outputs are ignored.
         probs = torch.softmax(logits[:, : len(task.labels)].double(), dim=-1).cpu().numpy()
         return [
