@@ -222,11 +222,11 @@ def _sample(args) -> None:
         for c, r, m in zip(batch.class_index[0], batch.quarter_turns[0], batch.mirrored[0])
     ]
     print(f"episode (seed {args.seed}, step {args.step}, task {args.task}) from {shards.uri}")
-    shots = f"{shape.most_shots}-shot" if len(set(shape.shots)) == 1 else f"{shape.support_size}-example support"
+    shots = f"{shape.most_shots}-shot" if shape.equal_shots else f"{shape.support_size}-example support"
     print(f"  {shape.ways}-way {shots}, {shape.queries} queries per class; "
           f"support_x {list(batch.support_x.shape)}, query_x {list(batch.query_x.shape)}")
     for label, (name, k) in enumerate(zip(names, shape.shots)):
-        print(f"  label {label}: {name}" + ("" if len(set(shape.shots)) == 1 else f" ({k} shots)"))
+        print(f"  label {label}: {name}" + ("" if shape.equal_shots else f" ({k} shots)"))
     firsts = np.cumsum((0,) + shape.shots[:-1])  # each class's first support example
     print(_ascii_row(batch.support_x[0, firsts][:, 0].numpy()))
     if args.plot:

@@ -131,7 +131,7 @@ class EpisodeSampler:
         x = pixels.to(torch.float32).div_(255)  # x / 255, as the manifest documents
         if self.episode.affine.enabled:
             x = self._warped(x, step, tasks)
-        support_y, query_y = shape.labels()
+        support_y, query_y = shape.labels
         return ClassificationBatch(
             support_x=x[:, :support],
             support_y=support_y.expand(t, -1).clone(),

@@ -12,6 +12,7 @@ class of every task can serve (Omniglot's and mini-ImageNet's classes are all on
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -44,6 +45,10 @@ class EpisodeShape:
     def most_shots(self) -> int:
         return max(self.shots)
 
+    @property
+    def equal_shots(self) -> bool:
+        return len(set(self.shots)) == 1
+
     @cached_property
     def support_slots(self) -> tuple[np.ndarray, np.ndarray]:
         """(class, position) of every support example, class by class: indices into a [N, K_max + Q] choice."""
@@ -58,11 +63,13 @@ class EpisodeShape:
         positions = np.concatenate([k + np.arange(self.queries) for k in self.shots])
         return classes, positions
 
+    @cached_property
     def labels(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Support and query labels, class by class: [Σ k_c] and [N · Q]."""
+        """Support and query labels, class by class: [Σ k_c] and [N · Q] (shared: copy before writing)."""
         return torch.from_numpy(self.support_slots[0]), torch.from_numpy(self.query_slots[0])
 
 
+@functools.cache  # one object per configuration, so its index arrays and labels are built once, not every step
 def fixed_shape(episode: EpisodeConfig) -> EpisodeShape:
     return EpisodeShape((episode.shots,) * episode.ways, episode.queries)
 
