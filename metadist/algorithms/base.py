@@ -241,12 +241,24 @@ class MetricLearner(MetaLearner):
 
     def _compute_update(self, meta_params: Params, batch) -> Update:
         ways = self.ways(batch.support_y)
+        if len(batch) == 1:
+            return self._one_task_update(meta_params, batch, ways)
         step = grad_and_value(lambda p, sx, sy, qx, qy: self._task_loss(p, sx, sy, qx, qy, ways), has_aux=True)
         grads, (losses, acc) = over_tasks(step, in_dims=(None, 0, 0, 0, 0))(
             meta_params, batch.support_x, batch.support_y, batch.query_x, batch.query_y
         )
         metrics = {"loss_after": float(losses.sum()), "accuracy_after": float(acc.sum())}
         return Update("gradient", {k: g.sum(0) for k, g in grads.items()}, len(losses), metrics)
+
+    def _one_task_update(self, meta_params: Params, batch, ways: int) -> Update:
+        """A pass of one task by plain autograd: nothing to batch, and no graph of the backward pass kept (see
+        functional.one_task_forward); the same gradient as the vmapped route."""
+        with torch.enable_grad():
+            wrt = {k: v.detach().requires_grad_() for k, v in meta_params.items()}
+            loss, acc = self._task_loss(wrt, batch.support_x[0], batch.support_y[0], batch.query_x[0], batch.query_y[0], ways)
+            grads = torch.autograd.grad(loss, list(wrt.values()), allow_unused=True)
+        tensors = {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(meta_params.items(), grads)}
+        return Update("gradient", tensors, 1, {"loss_after": float(loss.detach()), "accuracy_after": float(acc)})
 
 
 def shifted_copies(x: torch.Tensor, shift: int) -> torch.Tensor:

@@ -30,6 +30,21 @@ def make_forward(model: torch.nn.Module) -> Forward:
     return lambda params, x: functional_call(model, params, (x,))
 
 
+def one_task_forward(model: torch.nn.Module) -> TaskForward:
+    """A TaskForward for a pass of one task ([1, B, ...] → [1, B, out]) by plain functional_call: with one task there is
+    nothing for vmap to batch, and autograd outside torch.func keeps no graph of the backward pass (torch.func's grad
+    always builds one, so that it can be nested). A ResNet-12 task of 80 images at 84 px holds 3.7 GB of activations
+    this way, 11 GB under torch.func.grad and 18 GB under vmap(grad) (docs/benchmarks.md, "Backbones")."""
+
+    def forward_tasks(params: Params, x: torch.Tensor, embed_only: bool = False) -> torch.Tensor:
+        if x.shape[0] != 1:
+            raise ValueError(f"one_task_forward: a pass of one task, got {x.shape[0]}")
+        kwargs = {"embed_only": True} if embed_only else {}
+        return functional_call(model, {k: v[0] for k, v in params.items()}, (x[0],), kwargs).unsqueeze(0)
+
+    return forward_tasks
+
+
 def task_loss(kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Cross-entropy for classification (logits [B, N], labels [B]); MSE for regression."""
     if kind == "classification":

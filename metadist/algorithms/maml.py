@@ -22,12 +22,13 @@ from metadist.algorithms.functional import (
     Params,
     TaskForward,
     accuracy,
+    one_task_forward,
     over_tasks,
     per_task,
     sgd_adapt,
     sgd_adapt_tasks,
 )
-from metadist.config.job import ZERO_HEAD_ALGORITHMS
+from metadist.config.job import PROTOTYPE_HEAD_ALGORITHMS, ZERO_HEAD_ALGORITHMS
 
 # On CPU, 8 tasks at a time is 10-20% faster than 32 (conv-4, Omniglot 5- and 20-way, 2 cores: the activations of
 # 8 tasks stay in cache) and holds a quarter of the memory; on a GPU, more tasks per pass means more parallelism.
@@ -77,10 +78,11 @@ class MAML(MetaLearner):
 
     @classmethod
     def from_config(cls, config, model: torch.nn.Module, kind: str, **settings) -> Self:
-        # The head starts are for the MAML family; the Meta-Learner LSTM (a subclass) updates its head by its own rule.
-        family = config.name in ZERO_HEAD_ALGORITHMS
+        # The head starts are for the MAML family (and a prototype head for Reptile's); the Meta-Learner LSTM (a
+        # subclass) updates its head by its own rule.
         return super().from_config(config, model, kind, tasks_per_pass=config.tasks_per_pass,
-                                   zero_head=config.zero_head and family, prototype_head=config.prototype_head and family,
+                                   zero_head=config.zero_head and config.name in ZERO_HEAD_ALGORITHMS,
+                                   prototype_head=config.prototype_head and config.name in PROTOTYPE_HEAD_ALGORITHMS,
                                    **settings)
 
     def head_names(self) -> tuple[str, ...]:
@@ -136,14 +138,19 @@ class MAML(MetaLearner):
     def _aux(self, out: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"accuracy_after": accuracy(out, y)} if self.kind == "classification" else {}
 
-    def task_forward(self) -> TaskForward | None:
-        """The model's all-tasks-at-once forward (the faster route for SGD inner loops), or None for vmap's route."""
-        return getattr(self.model, "forward_tasks", None)
+    def task_forward(self, tasks: int) -> TaskForward | None:
+        """The forward of the autograd route for a pass of `tasks` tasks: the model's all-tasks-at-once forward (the
+        faster route for SGD inner loops), a plain one for a single task (one_task_forward: less memory than vmap's
+        route, nothing to batch), or None for vmap's route."""
+        forward_tasks = getattr(self.model, "forward_tasks", None)
+        if forward_tasks is None and tasks == 1:
+            return one_task_forward(self.model)
+        return forward_tasks
 
     def compute_update(self, meta_params: Params, batch) -> Update:
         on_cpu = batch.support_x.device.type == "cpu"
         size = self.tasks_per_pass
-        if size is None and on_cpu and self.task_forward() is not None:
+        if size is None and on_cpu and self.task_forward(len(batch)) is not None:
             # (models without forward_tasks go through vmap, whose per-call cost favours one pass: unchanged)
             size = CPU_TASKS_PER_PASS
             if not self.first_order:
@@ -154,7 +161,7 @@ class MAML(MetaLearner):
         return update
 
     def _compute_update(self, meta_params: Params, batch) -> Update:
-        forward_tasks = self.task_forward()
+        forward_tasks = self.task_forward(len(batch))
         if forward_tasks is not None:
             return self._compute_update_all_tasks(forward_tasks, meta_params, batch)
         args = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)

@@ -76,7 +76,7 @@ class MetaLSTM(MAML):
             PREFIX + "forget_gate.bias": torch.tensor(FORGET_BIAS, dtype=dtype),
         }
 
-    def task_forward(self) -> TaskForward | None:
+    def task_forward(self, tasks: int) -> TaskForward | None:
         return None  # the learned update runs task by task under vmap
 
     def _adapt_one(self, meta_params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, first_order: bool) -> Params:

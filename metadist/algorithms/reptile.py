@@ -18,6 +18,10 @@ still sees the same state whichever worker runs it, the moment (`inner_adam.v.*`
 (`inner_adam.t`) live beside the meta-parameters as running statistics: tasks start from them, report their final
 moment, and the outer step sets the state to the tasks' mean (MetaOptimizer's running entries). Evaluation starts
 from the trained moment, as the paper's does.
+
+With `algorithm.prototype_head` each task's inner loop starts from the head made of its support set's prototypes
+(as Proto-MAML's does, metadist.algorithms.maml): the head's meta-parameters are then never a start, their delta is
+zero, and the body moves towards weights that adapt well from a prototype head.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ class Reptile(MAML):
 
     # -- the inner loop --------------------------------------------------------------------------------------------
     def _adapt_with_moment(self, meta_params: Params, x: torch.Tensor, y: torch.Tensor, steps: int) -> tuple[Params, Params | None]:
-        params = self.model_params(meta_params)
+        params = self._task_start_for(meta_params, x, y)
         moment = {k: meta_params[MOMENT + k] for k in params} if self.inner_optimizer == "adam" else None
         return minibatch_adapt(self.forward, self.loss, params, x, y, steps=steps, lr=self.inner_lr,
                                batch_size=self.inner_batch, second_moment=moment,
@@ -92,6 +96,8 @@ class Reptile(MAML):
             ), None
         tasks = support_x.shape[0]
         delta = {k: (adapted[k] - params[k]).sum(0) for k in params}
+        if self.prototype_head:  # each task's head started from its own prototypes, not from the meta-parameters
+            delta |= {k: torch.zeros_like(params[k]) for k in self.head_names()}
         if moments is not None:  # each task's moment minus the shared one: the outer step leaves their mean
             delta |= {MOMENT + k: (moments[k] - meta_params[MOMENT + k]).sum(0) for k in params}
             delta[MOMENT_STEPS] = torch.full_like(meta_params[MOMENT_STEPS], float(self.inner_steps * tasks))

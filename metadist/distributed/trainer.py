@@ -42,7 +42,7 @@ class DistributedSteps(StepSource):
         """worker_class: what each worker actor runs; TaskWorker, or a stand-in (metadist.distributed.stand_in)."""
         if job.distributed.workers < 1:
             raise ConfigError("distributed.workers must be at least 1 for the distributed trainer (0 trains locally)")
-        configure_process(job.train.threads)  # the driver's own work: held-out evaluation
+        configure_process(job.train.threads, job.retains_freed_memory())  # the driver's own work: held-out evaluation
         self.job = job
         # The driver only evaluates: on a GPU when it has one, else on its CPU. Its node (a CPU head, say) need not
         # have what the workers have; train.device is about the workers (metadist.distributed.resources).

@@ -59,7 +59,7 @@ class TaskWorker:
     """Created as a Ray actor by WorkerGroup; `worker_id` names it in metrics and logs."""
 
     def __init__(self, job: JobConfig, spec: dict, worker_id: int, threads: int) -> None:
-        configure_process(threads)
+        configure_process(threads, job.retains_freed_memory())
         self.worker_id = worker_id
         self.job = job
         # Ray sets CUDA_VISIBLE_DEVICES to the GPUs this actor owns; without any it runs on the CPU.

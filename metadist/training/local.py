@@ -24,7 +24,7 @@ class LocalSteps(StepSource):
     """Every outer step in this process."""
 
     def __init__(self, job: JobConfig, *, progress: bool = True) -> None:
-        configure_process(job.train.threads)
+        configure_process(job.train.threads, job.retains_freed_memory())
         self.job = job
         self.device = resolve_device(job.train.device)
         warn_if_slow_precision(job.train.precision, self.device)
