@@ -173,18 +173,19 @@ def test_reptile_paper_inner_loop_is_adam_with_beta1_zero_over_class_balanced_mi
                               reptile.compute_update(theta, batch).tensors["head.weight"])
 
 
-@pytest.mark.parametrize("name", ["reptile", "model_averaging"])
-def test_reptile_with_a_prototype_head_adapts_each_task_from_its_prototypes(name, small1_uri):
+@pytest.mark.parametrize("name, prototype_shots", [("reptile", None), ("model_averaging", None), ("reptile", 2)])
+def test_reptile_with_a_prototype_head_adapts_each_task_from_its_prototypes(name, prototype_shots, small1_uri):
     """algorithm.prototype_head for Reptile: each task's inner loop (Adam, β1 = 0, minibatches) starts from the head
-    made of its support set's prototypes, against torch.optim.Adam stepping a module by hand from that head; the
-    body's delta is θ' − θ, the head's is zero (its meta-parameters are never a task's start); before any inner
-    step the logits are ProtoNet's up to a per-query constant."""
+    made of its support set's prototypes (with prototype_shots, of each class's first shots only, while the inner
+    steps train on all), against torch.optim.Adam stepping a module by hand from that head; the body's delta is
+    θ' − θ, the head's is zero (its meta-parameters are never a task's start); before any inner step the logits are
+    ProtoNet's up to a per-query constant. At test the head is made of the whole support set."""
     from metadist.algorithms.protonet import prototypes, squared_distance_logits
 
     torch.manual_seed(11)
     model = Conv4(1, 3, hidden=4, image_size=7)
     reptile = LEARNERS[name](model, "classification", inner_lr=0.01, inner_steps=3, eval_inner_steps=3,
-                             inner_optimizer="adam", inner_batch=4, prototype_head=True)
+                             inner_optimizer="adam", inner_batch=4, prototype_head=True, prototype_shots=prototype_shots)
     theta = reptile.init_meta_params()
     names = [k for k, _ in model.named_parameters()]
     batch = classification_batch(small1_uri, tasks=2, ways=3, shots=4, queries=2)
@@ -193,8 +194,9 @@ def test_reptile_with_a_prototype_head_adapts_each_task_from_its_prototypes(name
     expected = {k: torch.zeros_like(theta[k]) for k in names}
     for t in range(len(batch)):
         x, y = batch.support_x[t], batch.support_y[t]
-        z = functional_call(model, {k: theta[k] for k in names}, (x,), {"embed_only": True})
-        centres = prototypes(z, y, 3)
+        head_rows = torch.arange(12) if prototype_shots is None else (torch.arange(3) * 4).repeat_interleave(2) + torch.arange(2).repeat(3)
+        z = functional_call(model, {k: theta[k] for k in names}, (x[head_rows],), {"embed_only": True})
+        centres = prototypes(z, y[head_rows], 3)
         start = {k: theta[k].clone() for k in names} | {"head.weight": 2 * centres, "head.bias": -(centres**2).sum(-1)}
         params = {k: torch.nn.Parameter(v.clone()) for k, v in start.items()}
         adam = torch.optim.Adam(params.values(), lr=0.01, betas=(0.0, 0.999), eps=1e-8)
@@ -420,6 +422,18 @@ def test_reptile_recipe_settings_are_refused_for_learners_that_differentiate_the
         AlgorithmConfig(name="maml", inner_optimizer="adam")
     with pytest.raises(ValueError, match="inner_batch: only for reptile and model_averaging"):
         AlgorithmConfig(name="fomaml", inner_batch=10)
+    with pytest.raises(ValueError, match="prototype_shots: only for reptile and model_averaging with algorithm.prototype_head"):
+        AlgorithmConfig(name="reptile", prototype_shots=1)
+    with pytest.raises(ValueError, match="prototype_shots: only for reptile and model_averaging"):
+        AlgorithmConfig(name="maml", prototype_head=True, prototype_shots=1)
+    from pathlib import Path
+
+    from metadist.config import apply_overrides, load_job
+    from metadist.errors import ConfigError
+
+    job = load_job(Path(__file__).resolve().parents[1] / "jobs" / "omniglot-5way-1shot-reptile.yaml")
+    with pytest.raises(ConfigError, match="algorithm.prototype_shots = 11 exceeds data.episode.shots = 10"):
+        apply_overrides(job, ["algorithm.prototype_head=true", "algorithm.prototype_shots=11"])
 
 
 def test_anil_adapts_only_the_head_but_meta_learns_the_body(small1_uri):

@@ -83,6 +83,9 @@ def ray_connection():
     ("resnet12", "meta_lstm", ()),  # a learned inner loop with meta-parameters of its own
     # Reptile's inner Adam: a running statistic the parameter server sets to the tasks' mean
     ("wrn", "reptile", ("algorithm.inner_optimizer=adam", "algorithm.inner_batch=2", "algorithm.inner_lr=0.01")),
+    # the Reptile job files' recipe: a prototype head made of each class's first shot while meta-training
+    ("resnet12", "model_averaging", ("algorithm.inner_optimizer=adam", "algorithm.inner_batch=2", "algorithm.inner_lr=0.01",
+                                     "algorithm.prototype_head=true", "algorithm.prototype_shots=1", "data.episode.shots=2")),
 ])
 def test_task_workers_give_the_local_trainers_parameters(ray_connection, backbone, learner, extra, small1_uri, small2_uri,
                                                          tmp_path):

@@ -261,6 +261,14 @@ class AlgorithmConfig(StrictModel):
         "prototypes, so SGD's inner steps barely move it and training is close to ProtoNet's. Others ignore it, as "
         "zero_head",
     )
+    prototype_shots: int | None = Field(
+        None, ge=1, description="Reptile and model averaging with prototype_head: while meta-training, each task's head "
+        "is made of the first prototype_shots examples of each class only (the test episodes' shots), while the inner "
+        "steps still train on every support example. Reptile's recipe trains on more shots than it is tested with; a "
+        "head made of all of them already fits the examples the inner loop trains on, so the body has little to learn, "
+        "where one made of as many shots as a test task has must pull the other examples to it (1 on 5-way 1-shot "
+        "after pre-training: 93.2% against 91.1% held out, 500 steps). None = every support example, as at test",
+    )
     matching_fce: bool = Field(False, description="Matching Networks: full-context embeddings (LSTMs over the support set)")
     tasks_per_pass: int | None = Field(
         None, ge=1, description="tasks differentiated together (memory grows with it, the result does not change). MAML "
@@ -278,6 +286,9 @@ class AlgorithmConfig(StrictModel):
         if self.inner_batch is not None and self.name not in MINIBATCH_INNER_LOOP_ALGORITHMS:
             raise ValueError(f"algorithm.inner_batch: only for {' and '.join(MINIBATCH_INNER_LOOP_ALGORITHMS)}; "
                              f"{self.name} adapts on the whole support set")
+        if self.prototype_shots is not None and not (self.prototype_head and self.name in MINIBATCH_INNER_LOOP_ALGORITHMS):
+            raise ValueError(f"algorithm.prototype_shots: only for {' and '.join(MINIBATCH_INNER_LOOP_ALGORITHMS)} with "
+                             "algorithm.prototype_head: true (it says how many shots per class the head is made of)")
         if self.name == "meta_lstm" and not self.inner_lr < 1:
             raise ValueError(f"algorithm.inner_lr {self.inner_lr}: meta_lstm starts its input gate (a sigmoid) there, "
                              "so it must be below 1 (0.1 is typical)")
@@ -592,6 +603,10 @@ class JobConfig(StrictModel):
             if self.model.name == "mlp":
                 raise ValueError("model.name 'mlp' is for regression; image classification takes 'conv4', 'resnet12' or 'wrn'")
             train_ways, test_ways = self.data.episode.ways, self.data.test_episode.ways
+            prototype_shots, train_shots = self.algorithm.prototype_shots, self.data.episode.shots
+            if prototype_shots is not None and prototype_shots > train_shots:
+                raise ValueError(f"algorithm.prototype_shots = {prototype_shots} exceeds data.episode.shots = "
+                                 f"{train_shots}: the head is made of some of each class's training shots")
             if self.algorithm.name == "snail" and test_ways != train_ways:
                 raise ValueError(
                     f"data.test_episode.ways = {test_ways} differs from data.episode.ways = {train_ways}: snail's output "
