@@ -82,8 +82,8 @@ class Reptile(MAML):
                            head_rows: torch.Tensor | None = None) -> tuple[Params, Params | None]:
         """head_rows: the support examples a prototype head is made of (embedded on their own, as a test task's
         support set would be); None = all."""
-        params = self._task_start_for(meta_params, x, y) if head_rows is None else (
-            self._task_start_for(meta_params, x[head_rows], y[head_rows]))
+        head_x, head_y = (x, y) if head_rows is None else (x[head_rows], y[head_rows])
+        params = self._task_start_for(meta_params, head_x, head_y)
         moment = {k: meta_params[MOMENT + k] for k in params} if self.inner_optimizer == "adam" else None
         return minibatch_adapt(self.forward, self.loss, params, x, y, steps=steps, lr=self.inner_lr,
                                batch_size=self.inner_batch, second_moment=moment,
