@@ -9,6 +9,8 @@ import torch
 from torch.func import functional_call
 
 from metadist.algorithms import LEARNERS
+from metadist.algorithms.base import MetaLearner
+from metadist.api import Episodes
 from metadist.data import RegressionSampler
 from metadist.models import MLP, Conv4
 from tests.helpers import classification_batch, task_slice
@@ -313,7 +315,9 @@ def test_prototype_head_meta_gradient_is_protonet_s_when_the_inner_step_is_negli
 
 def test_test_time_shifts_adapt_on_every_copy_and_average_the_queries_outputs(small1_uri):
     """algorithm.eval_shift = s: the support set and its copies moved by each offset in [−s, s]², and the mean of
-    the outputs over each query's copies; ProtoNet's prototypes are then the means over all copies."""
+    the outputs over each query's copies; ProtoNet's prototypes are then the means over all copies, and its
+    probabilities those of the mean of the copies' distances (it measures the distance of the copies' mean embedding,
+    which differs by a constant per query)."""
     from metadist.algorithms.base import shifted_copies
     from metadist.algorithms.protonet import prototypes, squared_distance_logits
     from metadist.data.sampler import shift_examples
@@ -338,8 +342,58 @@ def test_test_time_shifts_adapt_on_every_copy_and_average_the_queries_outputs(sm
         every = torch.cat(list(copies[:, t]))  # the 9 copies of the support set, one after the other
         protos = prototypes(embed(every), batch.support_y[t].repeat(9), 3)
         expected = torch.stack([squared_distance_logits(embed(q[t]), protos) for q in shifted_copies(batch.query_x, 1)]).mean(0)
-        torch.testing.assert_close(logits[t], expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(logits[t].log_softmax(-1), expected.log_softmax(-1), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(logits[t], expected)  # the constant: the copies are not all alike
+    adapted = learner.adapt_at_test(theta, batch.support_x, batch.support_y)
+    assert torch.equal(adapted["counts"], torch.full((2, 3), 2.0))  # the examples', not their 9 copies'
+    generic = MetaLearner.predict_at_test(learner, theta, adapted, batch.query_x)  # the mean of the copies' logits
+    torch.testing.assert_close(logits.log_softmax(-1), generic.log_softmax(-1), rtol=1e-5, atol=1e-5)
     assert learner.evaluate(theta, batch)["accuracy_after"].shape == (2,)
+
+
+def _refined_by_hand(protos: list[float], counts: list[float], queries: list[float], steps: int) -> list[float]:
+    """Soft k-means over 1-D queries, number by number: weights exp(−(q − p_k)²) normalised over k."""
+    sums = [p * c for p, c in zip(protos, counts)]
+    for _ in range(steps):
+        weights = []
+        for q in queries:
+            e = [math.exp(-((q - p) ** 2)) for p in protos]
+            weights.append([v / sum(e) for v in e])
+        protos = [(sums[k] + sum(w[k] * q for w, q in zip(weights, queries))) / (counts[k] + sum(w[k] for w in weights))
+                  for k in range(len(protos))]
+    return protos
+
+
+def test_refined_prototypes_equal_a_hand_computation():
+    from metadist.algorithms.protonet import refine_prototypes
+
+    protos, counts, queries = [0.0, 4.0, 1.5], [1.0, 2.0, 1.0], [1.0, 3.0, 3.5, 0.2]
+    for steps in (0, 1, 3):
+        got = refine_prototypes(torch.tensor(protos, dtype=torch.float64)[:, None], torch.tensor(counts),
+                                torch.tensor(queries, dtype=torch.float64)[:, None], steps)
+        torch.testing.assert_close(got[:, 0], torch.tensor(_refined_by_hand(protos, counts, queries, steps), dtype=torch.float64))
+    two_d = refine_prototypes(torch.tensor([[0.0, 0.0], [3.0, 4.0]]), torch.tensor([1.0, 1.0]),
+                              torch.tensor([[0.0, 1.0], [3.0, 3.0]]), 1)  # each coordinate weighted alike
+    w = [[math.exp(-d) for d in (1.0, 18.0)], [math.exp(-d) for d in (18.0, 1.0)]]
+    w = [[v / sum(row) for v in row] for row in w]
+    first = [(w[0][0] * 0 + w[1][0] * 3) / (1 + w[0][0] + w[1][0]), (w[0][0] * 1 + w[1][0] * 3) / (1 + w[0][0] + w[1][0])]
+    torch.testing.assert_close(two_d[0], torch.tensor(first))
+
+
+def test_transductive_steps_let_the_queries_a_class_owns_claim_an_ambiguous_one():
+    """1-D embeddings (the images themselves, through a network with no parameters): class 0's support at 0 and its
+    confident queries at 3 pull its prototype towards 3, so the ambiguous query at 5.2 (nearer 10 than 0) joins it."""
+    learner = LEARNERS["protonet"](torch.nn.Flatten(), "classification", inner_lr=0.1, inner_steps=1, eval_inner_steps=1)
+    as_images = lambda values: torch.tensor(values)[..., None, None, None]  # noqa: E731  [T, M, 1, 1, 1]
+    batch = Episodes(as_images([[0.0, 10.0], [10.0, 0.0]]), torch.tensor([[0, 1], [0, 1]]),
+                     as_images([[3.0, 3.0, 3.0, 5.2, 10.0], [0.0, 7.0, 7.0, 7.0, 4.8]]), torch.tensor([[0, 0, 0, 0, 1], [1, 0, 0, 0, 0]]))
+    assert learner.evaluate({}, batch)["accuracy_after"].tolist() == [0.8, 0.8]
+    learner.transductive_steps = 1
+    metrics = learner.evaluate({}, batch)
+    assert metrics["accuracy_after"].tolist() == [1.0, 1.0]
+    for t in range(2):  # each task refined over its own queries only: vmap equals a per-task loop
+        one = learner.evaluate({}, task_slice(batch, t))
+        torch.testing.assert_close(one["loss_after"], metrics["loss_after"][t : t + 1])
 
 
 def _preprocess_by_hand(x, p=10.0):

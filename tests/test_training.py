@@ -233,25 +233,36 @@ def test_protonet_learns_from_variable_way_variable_shot_episodes(small1_uri, sm
     assert result.test["accuracy_after"].mean > 1 / 5 + 0.15  # fixed 5-way held-out episodes, well above chance
 
 
-def test_test_time_shifts_reach_evaluation_the_eval_flag_and_the_classifier(small1_uri, small2_uri, tmp_path, capsys):
+def test_test_time_shifts_and_refinement_reach_evaluation_the_eval_flags_and_the_classifier(
+    small1_uri, small2_uri, tmp_path, capsys, monkeypatch
+):
+    from metadist.algorithms import protonet
+    from metadist.algorithms.protonet import refine_prototypes
     from metadist.cli import main
     from metadist.inference import FewShotClassifier
 
-    job = tiny_job(small1_uri, small2_uri, tmp_path, "algorithm.name=protonet", "algorithm.eval_shift=1", "train.steps=2")
+    job = tiny_job(small1_uri, small2_uri, tmp_path, "algorithm.name=protonet", "algorithm.eval_shift=1",
+                   "algorithm.transductive_steps=2", "train.steps=2")
     result = LocalTrainer(job, progress=False).run()
     classifier = FewShotClassifier(ckpt_io.load(result.checkpoint_uri))
-    assert classifier.learner.eval_shift == 1
+    assert (classifier.learner.eval_shift, classifier.learner.transductive_steps) == (1, 2)
     calls = []
-    original = classifier.learner.predict
-    classifier.learner.predict = lambda *args: calls.append(1) or original(*args)
+    original = classifier.learner.forward
+    classifier.learner.forward = lambda params, x: calls.append(len(x)) or original(params, x)
     images = [np.roll(np.eye(28, dtype=np.uint8) * 255, 3 * i, axis=1) for i in range(3)]
     assert len(classifier.predict(images, ["a", "b", "c"], images)) == 3
-    assert len(calls) == 9  # the mean over the 3 × 3 shifted copies of the queries
-    for shift in ("0", "1"):
-        assert main(["eval", "--checkpoint", result.checkpoint_uri, "--episodes", "8", "--eval-shift", shift, "--json"]) == 0
+    assert calls == [27] + [3] * 9  # the support's 3 × 3 shifted copies together, then each copy of the queries
+    refined = []
+    monkeypatch.setattr(protonet, "refine_prototypes", lambda *args: refined.append(args[-1]) or refine_prototypes(*args))
+    for shift, steps in (("0", "0"), ("1", "1")):
+        assert main(["eval", "--checkpoint", result.checkpoint_uri, "--episodes", "8", "--eval-shift", shift,
+                     "--transductive-steps", steps, "--json"]) == 0
         assert "accuracy_after" in capsys.readouterr().out
+    assert set(refined) == {0, 1}  # the flag reaches the learner evaluation builds
     assert main(["eval", "--checkpoint", result.checkpoint_uri, "--eval-shift", "9"]) != 0
     assert "algorithm.eval_shift" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="algorithm.transductive_steps refines ProtoNet's prototypes; 'maml' has none"):
+        apply_overrides(job, ["algorithm.name=maml"])
     with pytest.raises(ConfigError, match="algorithm.eval_shift must be 0 for regression"):
         apply_overrides(JobConfig(), ["data.regression={family: sinusoid}", "data.train=null", "data.test=null",
                                       "model.name=mlp", "algorithm.eval_shift=1"])

@@ -145,10 +145,8 @@ class MetaLearner(ABC):
         moved by every offset in [−s, s]² (zero fill), (2s + 1)² times as many examples."""
         if not self.eval_shift:
             return self.adapt(meta_params, support_x, support_y, steps)
-        copies = shifted_copies(support_x, self.eval_shift)  # [n, T, S, C, H, W]
-        n, tasks, size = copies.shape[:3]
-        x = copies.transpose(0, 1).reshape(tasks, n * size, *copies.shape[3:])
-        return self.adapt(meta_params, x, support_y.repeat(1, n), steps)
+        x = copies_as_examples(support_x, self.eval_shift)
+        return self.adapt(meta_params, x, support_y.repeat(1, x.shape[1] // support_x.shape[1]), steps)
 
     def predict_at_test(self, meta_params: Params, adapted: Params, query_x: torch.Tensor) -> torch.Tensor:
         """`predict` as evaluation and serving use it: with eval_shift, the mean of the outputs for each query's
@@ -271,3 +269,11 @@ def shifted_copies(x: torch.Tensor, shift: int) -> torch.Tensor:
         shift_examples(flat, torch.tensor([offset], device=x.device).expand(len(flat), 2), shift).reshape(x.shape)
         for offset in offsets
     ])
+
+
+def copies_as_examples(x: torch.Tensor, shift: int) -> torch.Tensor:
+    """Each task's images [T, M, ...] and all their shifted copies as one set of examples: [T, n·M, ...] (n = (2·shift +
+    1)²), copy c of example m at c·M + m, so labels repeat as `y.repeat(1, n)`."""
+    copies = shifted_copies(x, shift)  # [n, T, M, C, H, W]
+    n, tasks, m = copies.shape[:3]
+    return copies.transpose(0, 1).reshape(tasks, n * m, *copies.shape[3:])

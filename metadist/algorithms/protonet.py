@@ -2,15 +2,26 @@
 
 A prototype is the mean embedding of a class's support examples; logits are negative squared Euclidean
 distances from each query's embedding to the N prototypes. "Adapting" is computing prototypes: no weights
-change, so there is no inner loop and no before-adaptation score.
+change, so there is no inner loop and no before-adaptation score. At test time the prototypes can also be refined
+over the queries classified together (transductive_steps: soft k-means, Ren et al. 2018).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Self
+
 import torch
 
-from metadist.algorithms.base import MetricLearner
+from metadist.algorithms.base import MetricLearner, copies_as_examples, shifted_copies
 from metadist.algorithms.functional import Params, accuracy, over_tasks
+
+if TYPE_CHECKING:
+    from metadist.config import AlgorithmConfig
+
+
+def class_counts(support_y: torch.Tensor, ways: int) -> torch.Tensor:
+    """Support examples of each class [N] (labels in [0, N)), as floats."""
+    return (support_y[:, None] == torch.arange(ways, device=support_y.device)).sum(0).float()
 
 
 def prototypes(support_z: torch.Tensor, support_y: torch.Tensor, ways: int) -> torch.Tensor:
@@ -24,18 +35,67 @@ def squared_distance_logits(query_z: torch.Tensor, protos: torch.Tensor) -> torc
     return -((query_z[:, None, :] - protos[None, :, :]) ** 2).sum(-1)
 
 
+def refine_prototypes(protos: torch.Tensor, counts: torch.Tensor, query_z: torch.Tensor, steps: int) -> torch.Tensor:
+    """Soft k-means over the queries (Ren et al. 2018, eq. 3), `steps` times: each query joins every class with its
+    softmax probability under the current prototypes as weight, and a prototype becomes the weighted mean of its
+    class's support examples (weight 1 each; `counts` [N] of them, mean `protos` [N, D]) and the queries [Q, D].
+    In 1-shot a prototype is one example, where the queries its class owns describe the class far better."""
+    support_sums = protos * counts[:, None].to(protos.dtype)
+    for _ in range(steps):
+        weights = torch.softmax(squared_distance_logits(query_z, protos), dim=-1)  # [Q, N]
+        protos = (support_sums + weights.T @ query_z) / (counts.to(protos.dtype) + weights.sum(0))[:, None]
+    return protos
+
+
 class ProtoNet(MetricLearner):
     name = "protonet"
+    # Soft k-means steps over the queries at test time (algorithm.transductive_steps); 0 is off.
+    transductive_steps: int = 0
+
+    @classmethod
+    def from_config(cls, config: "AlgorithmConfig", model: torch.nn.Module, kind: str, **settings) -> Self:
+        learner = super().from_config(config, model, kind, **settings)
+        learner.transductive_steps = config.transductive_steps
+        return learner
 
     def _task_loss(self, params: Params, sx, sy, qx, qy, ways: int):
         protos = prototypes(self.forward(params, sx), sy, ways)
         logits = squared_distance_logits(self.forward(params, qx), protos)
         return self.loss(logits, qy), accuracy(logits, qy)
 
-
     def adapt(self, meta_params: Params, support_x, support_y, steps: int | None = None) -> Params:
+        return self._adapted(over_tasks(lambda x: self.forward(meta_params, x))(support_x), support_y)
+
+    def _adapted(self, support_z: torch.Tensor, support_y: torch.Tensor) -> Params:
+        """Each task's prototypes [T, N, D] and the support examples they are the mean of [T, N]."""
         ways = self.ways(support_y)
-        return {"prototypes": over_tasks(lambda x, y: prototypes(self.forward(meta_params, x), y, ways))(support_x, support_y)}
+        return {
+            "prototypes": over_tasks(lambda z, y: prototypes(z, y, ways))(support_z, support_y),
+            "counts": over_tasks(lambda y: class_counts(y, ways))(support_y),
+        }
 
     def predict(self, meta_params: Params, adapted: Params, query_x) -> torch.Tensor:
         return over_tasks(lambda protos, x: squared_distance_logits(self.forward(meta_params, x), protos))(adapted["prototypes"], query_x)
+
+    # -- evaluation: test-time shifts and transductive refinement ----------------------------------------------
+    def adapt_at_test(self, meta_params: Params, support_x, support_y, steps: int | None = None) -> Params:
+        """With eval_shift, each support example's embedding is the mean of its shifted copies' (all embedded as one
+        batch, as the base class adapts): the prototypes are the base class's, and `counts` stay the examples'."""
+        if not self.eval_shift:
+            return self.adapt(meta_params, support_x, support_y)
+        tasks, size = support_x.shape[:2]
+        z = over_tasks(lambda x: self.forward(meta_params, x))(copies_as_examples(support_x, self.eval_shift))
+        return self._adapted(z.reshape(tasks, -1, size, z.shape[-1]).mean(1), support_y)
+
+    def predict_at_test(self, meta_params: Params, adapted: Params, query_x) -> torch.Tensor:
+        """Distance logits of each query's embedding (with eval_shift, the mean of its copies', each copy of the queries
+        embedded as one batch) to the prototypes refined over the queries transductive_steps times. −‖q̄ − p‖² differs
+        from the mean of the copies' −‖q_i − p‖² by the copies' spread, the same for every class: the probabilities
+        are those of the base class's mean of outputs."""
+        copies = shifted_copies(query_x, self.eval_shift) if self.eval_shift else query_x[None]
+        embed = over_tasks(lambda x: self.forward(meta_params, x))
+        query_z = torch.stack([embed(copy) for copy in copies]).mean(0)
+        steps = self.transductive_steps
+        return over_tasks(lambda protos, counts, z: squared_distance_logits(z, refine_prototypes(protos, counts, z, steps)))(
+            adapted["prototypes"], adapted["counts"], query_z
+        )

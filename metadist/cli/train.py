@@ -37,6 +37,8 @@ def add_commands(commands) -> None:
     ev.add_argument("--inner-steps", type=int, help="adaptation steps (default: the job's algorithm.eval_inner_steps)")
     ev.add_argument("--eval-shift", type=int, help="test-time augmentation: shifted copies within ±N px (default: the "
                     "job's algorithm.eval_shift)")
+    ev.add_argument("--transductive-steps", type=int, help="protonet: soft k-means steps refining the prototypes over "
+                    "each episode's queries (default: the job's algorithm.transductive_steps)")
     ev.add_argument("--seed", type=int, help="episode seed (default: the job's)")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
     ev.set_defaults(handler=_eval)
@@ -105,6 +107,7 @@ def _eval(args) -> int:
         "--queries": ("data.test_episode.queries", args.queries),
         "--inner-steps": ("algorithm.eval_inner_steps", args.inner_steps),
         "--eval-shift": ("algorithm.eval_shift", args.eval_shift),
+        "--transductive-steps": ("algorithm.transductive_steps", args.transductive_steps),
         "--seed": ("train.seed", args.seed),
     })  # fmt: skip
     source, episode = None, None

@@ -238,6 +238,14 @@ class AlgorithmConfig(StrictModel):
         "to the support set with its copies, and a query's output is the mean over its copies. 0 = off; costs (2·s+1)² "
         "times the evaluation's compute (3 on the embedded default: +1.9 points held out)",
     )
+    transductive_steps: int = Field(
+        0, ge=0, le=20, description="protonet at test time (evaluation, eval, predict, serve): the prototypes refined "
+        "by this many soft k-means steps over the queries classified together (Ren et al. 2018): each query joins every "
+        "class weighted by its probability under the current prototypes, and a prototype becomes the weighted mean of "
+        "its support examples (weight 1 each) and those queries. A prediction then depends on the other queries of the "
+        "same call, as transductive batch norm's already does. 0 = off; 2 on the long ProtoNet jobs (+1.4 points "
+        "5-way, +5.1 20-way held out)",
+    )
     inner_optimizer: InnerOptimizerName = Field(
         "sgd", description="Reptile and model averaging: the inner loop's optimizer. 'adam' is Reptile's recipe "
         "(β1 = 0, β2 = 0.999, its second moment carried from task to task as the paper's code does, inner_lr ≈ 0.001); "
@@ -587,6 +595,9 @@ class JobConfig(StrictModel):
     @model_validator(mode="after")
     def _consistent(self) -> "JobConfig":
         metric = self.algorithm.is_metric
+        if self.algorithm.transductive_steps and self.algorithm.name != "protonet":
+            raise ValueError(f"algorithm.transductive_steps refines ProtoNet's prototypes; {self.algorithm.name!r} has "
+                             "none (set it to 0, or algorithm.name to 'protonet')")
         if self.data.kind == "regression":
             if metric:
                 raise ValueError(f"algorithm.name {self.algorithm.name!r} is a classifier; regression needs a weight-adapting algorithm")
