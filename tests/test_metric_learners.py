@@ -301,6 +301,33 @@ def test_snail_logits_and_loss_equal_a_hand_computation(small1_uri):
         algo.adapt(theta, batch.support_x[:, :4], torch.tensor([[0, 0, 1, 1]] * 2))
 
 
+def test_snail_test_time_shifts_average_each_examples_embedding_and_keep_the_sequence(small1_uri):
+    """With eval_shift, SNAIL reads the sequence it was trained on: each support example's embedding is the mean over
+    its (2s + 1)² shifted copies (all embedded as one batch), each query's the mean over its copies (each copy of the
+    queries one batch), rather than a support sequence (2s + 1)² times as long."""
+    from metadist.algorithms.base import shifted_copies
+
+    torch.manual_seed(11)
+    algo = _build("snail", False)
+    theta = algo.init_meta_params()
+    batch = classification_batch(small1_uri, tasks=2, ways=WAYS)
+    plain = algo.predict(theta, algo.adapt(theta, batch.support_x, batch.support_y), batch.query_x)
+    torch.testing.assert_close(algo.predict_at_test(theta, algo.adapt_at_test(theta, batch.support_x, batch.support_y),
+                                                    batch.query_x), plain)  # eval_shift 0: adapt and predict
+    algo.eval_shift = 1
+    adapted = algo.adapt_at_test(theta, batch.support_x, batch.support_y)
+    assert adapted["support_z"].shape[:2] == batch.support_x.shape[:2]  # N·K positions, as in training
+    logits = algo.predict_at_test(theta, adapted, batch.query_x)
+    support_copies, query_copies = shifted_copies(batch.support_x, 1), shifted_copies(batch.query_x, 1)
+    for t in range(2):
+        every = embed(algo, theta, torch.cat(list(support_copies[:, t])))  # the 9 copies of the support set, one batch
+        support_z = every.reshape(9, -1, every.shape[-1]).mean(0)
+        query_z = torch.stack([embed(algo, theta, copy[t]) for copy in query_copies]).mean(0)
+        expected = algo._logits(theta, support_z, F.one_hot(batch.support_y[t], WAYS).double(), query_z)
+        torch.testing.assert_close(logits[t], expected, rtol=1e-9, atol=1e-10)
+    assert not torch.allclose(logits, plain)
+
+
 def test_snail_is_tested_on_as_many_ways_as_it_trains_on():
     from metadist.config import JobConfig, apply_overrides
     from metadist.errors import ConfigError

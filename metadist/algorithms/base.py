@@ -237,6 +237,19 @@ class MetricLearner(MetaLearner):
     def compute_update(self, meta_params: Params, batch) -> Update:
         return in_passes(self._compute_update, meta_params, batch, self.tasks_per_pass)
 
+    def embed_at_test(self, embed: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, together: bool) -> torch.Tensor:
+        """Each task's examples [T, M, ...] embedded by `embed` (one task's [M, ...] → [M, D]): [T, M, D]. With
+        eval_shift, an example's embedding is the mean of its shifted copies' (test-time augmentation in the
+        embedding space, for learners that compare or read embeddings rather than adapt weights), the copies embedded
+        all as one batch (`together`: a support set, as the base class adapts on it) or each copy of the set as its own
+        batch (queries, as predict_at_test sees them)."""
+        if not self.eval_shift:
+            return over_tasks(embed)(x)
+        if together:
+            z = over_tasks(embed)(copies_as_examples(x, self.eval_shift))
+            return z.reshape(x.shape[0], -1, x.shape[1], z.shape[-1]).mean(1)
+        return torch.stack([over_tasks(embed)(copy) for copy in shifted_copies(x, self.eval_shift)]).mean(0)
+
     def _compute_update(self, meta_params: Params, batch) -> Update:
         ways = self.ways(batch.support_y)
         if len(batch) == 1:

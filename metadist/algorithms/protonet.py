@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Self
 
 import torch
 
-from metadist.algorithms.base import MetricLearner, copies_as_examples, shifted_copies
+from metadist.algorithms.base import MetricLearner
 from metadist.algorithms.functional import Params, accuracy, over_tasks
 
 if TYPE_CHECKING:
@@ -78,23 +78,18 @@ class ProtoNet(MetricLearner):
         return over_tasks(lambda protos, x: squared_distance_logits(self.forward(meta_params, x), protos))(adapted["prototypes"], query_x)
 
     # -- evaluation: test-time shifts and transductive refinement ----------------------------------------------
+    # With eval_shift, each example's embedding is the mean of its shifted copies' (MetricLearner.embed_at_test): the
+    # prototypes are the base class's mean over all the support's copies, `counts` stay the examples', and −‖q̄ − p‖²
+    # differs from the base class's mean of the copies' −‖q_i − p‖² by the copies' spread, the same for every class,
+    # so the probabilities are the same.
     def adapt_at_test(self, meta_params: Params, support_x, support_y, steps: int | None = None) -> Params:
-        """With eval_shift, each support example's embedding is the mean of its shifted copies' (all embedded as one
-        batch, as the base class adapts): the prototypes are the base class's, and `counts` stay the examples'."""
-        if not self.eval_shift:
-            return self.adapt(meta_params, support_x, support_y)
-        tasks, size = support_x.shape[:2]
-        z = over_tasks(lambda x: self.forward(meta_params, x))(copies_as_examples(support_x, self.eval_shift))
-        return self._adapted(z.reshape(tasks, -1, size, z.shape[-1]).mean(1), support_y)
+        embed = lambda x: self.forward(meta_params, x)  # noqa: E731
+        return self._adapted(self.embed_at_test(embed, support_x, together=True), support_y)
 
     def predict_at_test(self, meta_params: Params, adapted: Params, query_x) -> torch.Tensor:
-        """Distance logits of each query's embedding (with eval_shift, the mean of its copies', each copy of the queries
-        embedded as one batch) to the prototypes refined over the queries transductive_steps times. −‖q̄ − p‖² differs
-        from the mean of the copies' −‖q_i − p‖² by the copies' spread, the same for every class: the probabilities
-        are those of the base class's mean of outputs."""
-        copies = shifted_copies(query_x, self.eval_shift) if self.eval_shift else query_x[None]
-        embed = over_tasks(lambda x: self.forward(meta_params, x))
-        query_z = torch.stack([embed(copy) for copy in copies]).mean(0)
+        """Distance logits of each query's embedding to the prototypes refined over the queries transductive_steps
+        times."""
+        query_z = self.embed_at_test(lambda x: self.forward(meta_params, x), query_x, together=False)
         steps = self.transductive_steps
         return over_tasks(lambda protos, counts, z: squared_distance_logits(z, refine_prototypes(protos, counts, z, steps)))(
             adapted["prototypes"], adapted["counts"], query_z

@@ -165,13 +165,30 @@ class SNAIL(MetricLearner):
         return super().compute_update(meta_params, batch)
 
     def adapt(self, meta_params: Params, support_x, support_y, steps: int | None = None) -> Params:
+        return self._adapted(over_tasks(lambda x: self._embed(meta_params, x))(support_x), support_y)
+
+    def _adapted(self, support_z: torch.Tensor, support_y: torch.Tensor) -> Params:
         ways = self.ways(support_y)
         self._check_ways(ways)
-        support_z = over_tasks(lambda x: self._embed(meta_params, x))(support_x)
         return {"support_z": support_z, "support_onehot": one_hot(support_y, ways, support_z.dtype)}
 
     def predict(self, meta_params: Params, adapted: Params, query_x) -> torch.Tensor:
-        def one_task(support_z, support_onehot, x):
-            return self._logits(meta_params, support_z, support_onehot, self._embed(meta_params, x))
+        return self._read(meta_params, adapted, over_tasks(lambda x: self._embed(meta_params, x))(query_x))
 
-        return over_tasks(one_task)(adapted["support_z"], adapted["support_onehot"], query_x)
+    def _read(self, meta_params: Params, adapted: Params, query_z: torch.Tensor) -> torch.Tensor:
+        """Each task's query logits [T, Q, N] from its support sequence and query embeddings [T, Q, D]."""
+        return over_tasks(lambda z, onehot, q: self._logits(meta_params, z, onehot, q))(
+            adapted["support_z"], adapted["support_onehot"], query_z
+        )
+
+    # -- evaluation: test-time shifts in the embedding space -----------------------------------------------------
+    # The base class would lengthen the support sequence by its shifted copies ((2s + 1)² times N·K examples), which
+    # the temporal convolutions were not trained to read; each example's embedding averaged over its copies keeps the
+    # sequence the trained one (held out: 93.9% → 94.8%, shift 3, 200 episodes, docs/benchmarks.md).
+    def adapt_at_test(self, meta_params: Params, support_x, support_y, steps: int | None = None) -> Params:
+        embed = lambda x: self._embed(meta_params, x)  # noqa: E731
+        return self._adapted(self.embed_at_test(embed, support_x, together=True), support_y)
+
+    def predict_at_test(self, meta_params: Params, adapted: Params, query_x) -> torch.Tensor:
+        embed = lambda x: self._embed(meta_params, x)  # noqa: E731
+        return self._read(meta_params, adapted, self.embed_at_test(embed, query_x, together=False))

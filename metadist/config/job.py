@@ -235,7 +235,8 @@ class AlgorithmConfig(StrictModel):
     eval_shift: int = Field(
         0, ge=0, le=8, description="test-time augmentation (evaluation, eval, predict, serve): each support and query "
         "image is also seen moved by every offset within ±eval_shift px (zero fill), (2·s+1)² copies: the learner adapts "
-        "to the support set with its copies, and a query's output is the mean over its copies. 0 = off; costs (2·s+1)² "
+        "to the support set with its copies, and a query's output is the mean over its copies (protonet and snail: each "
+        "example's embedding is the mean of its copies'; for protonet the same probabilities). 0 = off; costs (2·s+1)² "
         "times the evaluation's compute (3 on the embedded default: +1.9 points held out)",
     )
     transductive_steps: int = Field(
