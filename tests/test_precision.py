@@ -64,13 +64,13 @@ def test_a_bf16_checkpoint_is_evaluated_and_served_under_bf16(small1_uri, small2
     result = LocalTrainer(job, progress=False).run()
     classifier = FewShotClassifier(ckpt_io.load(result.checkpoint_uri))
     seen = []
-    original = classifier.learner.predict
+    original = classifier.learner.predict_at_test  # what the classifier (and so the server) calls
 
     def spy(*args, **kwargs):
         seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
         return original(*args, **kwargs)
 
-    classifier.learner.predict = spy
+    classifier.learner.predict_at_test = spy
     images = [np.full((28, 28), 40 * i, np.uint8) for i in range(3)]
     predictions = classifier.predict(images, ["a", "b", "c"], images)
     assert [p.label for p in predictions] == ["a", "b", "c"] and seen == [True]

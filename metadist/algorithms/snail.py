@@ -184,7 +184,7 @@ class SNAIL(MetricLearner):
     # -- evaluation: test-time shifts in the embedding space -----------------------------------------------------
     # The base class would lengthen the support sequence by its shifted copies ((2s + 1)² times N·K examples), which
     # the temporal convolutions were not trained to read; each example's embedding averaged over its copies keeps the
-    # sequence the trained one (held out: 93.9% → 94.8%, shift 3, 200 episodes, docs/benchmarks.md).
+    # sequence the trained one (held out: 93.4% → 94.3% with shift 3, docs/benchmarks.md).
     def adapt_at_test(self, meta_params: Params, support_x, support_y, steps: int | None = None) -> Params:
         embed = lambda x: self._embed(meta_params, x)  # noqa: E731
         return self._adapted(self.embed_at_test(embed, support_x, together=True), support_y)

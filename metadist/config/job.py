@@ -244,8 +244,8 @@ class AlgorithmConfig(StrictModel):
         "by this many soft k-means steps over the queries classified together (Ren et al. 2018): each query joins every "
         "class weighted by its probability under the current prototypes, and a prototype becomes the weighted mean of "
         "its support examples (weight 1 each) and those queries. A prediction then depends on the other queries of the "
-        "same call, as transductive batch norm's already does. 0 = off; 2 on the long ProtoNet jobs (+1.4 points "
-        "5-way, +5.1 20-way held out)",
+        "same call, as transductive batch norm's already does. 0 = off; 2 on the long ProtoNet jobs (held out: +1.1 "
+        "points 5-way with eval_shift 3, +5.0 at 20-way)",
     )
     inner_optimizer: InnerOptimizerName = Field(
         "sgd", description="Reptile and model averaging: the inner loop's optimizer. 'adam' is Reptile's recipe "
