@@ -41,7 +41,7 @@ from pathlib import Path
 from common import BENCH_DIR, REPO
 from common.docs import DOC_PATH, markdown_table, render, replace_section, template_heading
 from common.peers import add_l2l_argument, extract_bundled, resolve_l2l_python
-from common.results import emit, load_json, results_path, run_worker, write_json
+from common.results import emit, load_json, results_path, run_worker, worker_env, write_json
 
 RESULTS_PATH = results_path("quality")
 DOC_SECTION = template_heading("quality")
@@ -193,20 +193,24 @@ def peer_row(name: str, budget_s: float, threads: int, l2l_python: str | None) -
             "device": f"cpu ({os.cpu_count()} cores)", "load_average_before_after": [load_before, os.getloadavg()[0]]}
 
 
+def kept_checkpoint(folder: str, key: str) -> Path:
+    """Where --keep-checkpoint keeps the model of the row (or variant) `key`: FOLDER/<key without spaces>."""
+    return Path(folder, key.replace(" ", ""))
+
+
 def tested_row(name: str, threads: int, keep_checkpoint: str | None) -> dict:
     """A row that tests another row's kept model in other settings (`metadist eval` with the row's flags)."""
     row = ROWS[name]
     trained = row["tested_from"]
     record = load_json(RESULTS_PATH, {}).get(trained)
-    checkpoint = Path(keep_checkpoint or ".", trained.replace(" ", ""))  # as row_in_subprocess names it
-    if keep_checkpoint is None or not checkpoint.is_dir() or record is None:
+    if keep_checkpoint is None or not kept_checkpoint(keep_checkpoint, trained).is_dir() or record is None:
         raise SystemExit(f"row {name} tests the model row {trained} trained: run `bench/quality.py {trained} "
                          f"--keep-checkpoint DIR` first, then this row with the same --keep-checkpoint DIR")
     load_before = os.getloadavg()[0]
+    checkpoint = kept_checkpoint(keep_checkpoint, trained)
     cmd = [sys.executable, "-m", "metadist", "eval", "--checkpoint", str(checkpoint), "--json", *row["eval"]]
     started = time.perf_counter()
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO,
-                          env={**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"})
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO, env=worker_env(threads))
     if done.returncode != 0:
         raise SystemExit(f"row {name} failed: {' '.join(cmd)} exited {done.returncode}")
     test = json.loads(done.stdout[done.stdout.index("{"):])
@@ -228,7 +232,7 @@ def row_in_subprocess(name: str, budget_s: float, threads: int, extra: list[str]
     cmd = [sys.executable, str(Path(__file__)), "--one", name, "--budget-s", str(budget_s), "--threads", str(threads)]
     cmd += [f"--set={item}" for item in extra]
     if keep_checkpoint:
-        cmd += ["--keep-checkpoint", str(Path(keep_checkpoint, variant(name, extra).replace(" ", "")))]
+        cmd += ["--keep-checkpoint", str(kept_checkpoint(keep_checkpoint, variant(name, extra)))]
     return run_row_process(name, cmd, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
 
 
