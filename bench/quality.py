@@ -102,6 +102,9 @@ ROWS: dict[str, dict] = {
     # SNAIL's 4,000-step run tested with shifts: each example's embedding averaged over its 49 copies (SNAIL's
     # adapt_at_test / predict_at_test), its support sequence kept as long as in training.
     "snail-5way-shifts": {"target": 0.95, "tested_from": "snail-5way + train.steps=4000", "eval": ["--eval-shift", "3"]},
+    # The job file's model (its shifts) also read under each of the 5 labellings of a task (algorithm.eval_relabelings:
+    # class c labelled (c + r) mod 5, the support sequence in label order), the 5 probability vectors averaged.
+    "snail-5way-relabeled": {"target": 0.95, "tested_from": "snail-5way", "eval": ["--eval-relabelings", "5"]},
     "sinusoid-maml": {"target_mse": 0.4, "sets": ["data.regression={family: sinusoid, shots: 5, queries: 10}", "data.train=null",
                                                   "data.test=null", "model.name=mlp", "algorithm.inner_lr=0.01",
                                                   "algorithm.eval_inner_steps=10", "train.meta_batch=25", "train.steps=20000"]},

@@ -328,6 +328,48 @@ def test_snail_test_time_shifts_average_each_examples_embedding_and_keep_the_seq
     assert not torch.allclose(logits, plain)
 
 
+def test_snail_relabelings_average_the_probabilities_of_sequences_relabeled_by_hand(small1_uri):
+    """eval_relabelings R: relabeling r gives class c the label (c + r) mod N and reads the support set ordered by
+    the new label; the query's class probabilities are the mean over r = 0..R−1, each mapped back to the task's own
+    labels. With R = N the answer no longer depends on the labelling drawn: relabeling the task relabels the output."""
+    torch.manual_seed(12)
+    algo = build_learner(AlgorithmConfig(name="snail", eval_relabelings=WAYS), tiny_model(), "classification",
+                         ways=WAYS, shots=2)
+    assert algo.eval_relabelings == WAYS
+    theta = algo.init_meta_params()
+    batch = classification_batch(small1_uri, tasks=2, ways=WAYS)  # support ordered by label: 0, 0, 1, 1, 2, 2
+    log_probabilities = algo.predict_at_test(theta, algo.adapt_at_test(theta, batch.support_x, batch.support_y),
+                                             batch.query_x)
+    for t in range(2):
+        support_z, query_z = embed(algo, theta, batch.support_x[t]), embed(algo, theta, batch.query_x[t])
+        mean = torch.zeros(query_z.shape[0], WAYS)
+        for r in range(WAYS):
+            # new label j holds class (j − r) mod N, that class's two examples in their order
+            order = [i for j in range(WAYS) for i in range(len(batch.support_y[t])) if batch.support_y[t, i] == (j - r) % WAYS]
+            labels = F.one_hot(torch.tensor([j for j in range(WAYS) for _ in range(2)]), WAYS).double()
+            probabilities = torch.softmax(algo._logits(theta, support_z[order], labels, query_z), -1)
+            mean += probabilities[:, [(c + r) % WAYS for c in range(WAYS)]] / WAYS  # class c answered as label c + r
+        torch.testing.assert_close(log_probabilities[t], mean.log(), rtol=1e-9, atol=1e-10)
+
+    def relabeled_answer(relabelings: int, shift: int) -> torch.Tensor:
+        algo.eval_relabelings = relabelings
+        support_y = (batch.support_y + shift) % WAYS  # the same task, labelled differently (and no longer in order)
+        return algo.predict_at_test(theta, algo.adapt_at_test(theta, batch.support_x, support_y), batch.query_x)
+
+    for relabelings, invariant in ((WAYS, True), (1, False)):
+        own, other = relabeled_answer(relabelings, 0), relabeled_answer(relabelings, 1)
+        same = torch.allclose(other.roll(-1, dims=-1), own.log_softmax(-1), rtol=1e-9, atol=1e-10)
+        assert same is invariant
+    # R = 1: the support read in label order whatever order the classes came in, as training presents it
+    shuffled = torch.tensor([4, 5, 0, 1, 2, 3])  # classes 2, 0, 1; each class's examples in their order
+    algo.eval_relabelings = 1
+    torch.testing.assert_close(
+        algo.predict_at_test(theta, algo.adapt_at_test(theta, batch.support_x[:, shuffled], batch.support_y[:, shuffled]),
+                             batch.query_x),
+        algo.predict(theta, algo.adapt(theta, batch.support_x, batch.support_y), batch.query_x),
+    )
+
+
 def test_snail_is_tested_on_as_many_ways_as_it_trains_on():
     from metadist.config import JobConfig, apply_overrides
     from metadist.errors import ConfigError

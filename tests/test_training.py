@@ -266,3 +266,33 @@ def test_test_time_shifts_and_refinement_reach_evaluation_the_eval_flags_and_the
     with pytest.raises(ConfigError, match="algorithm.eval_shift must be 0 for regression"):
         apply_overrides(JobConfig(), ["data.regression={family: sinusoid}", "data.train=null", "data.test=null",
                                       "model.name=mlp", "algorithm.eval_shift=1"])
+
+
+def test_snail_relabelings_reach_evaluation_the_eval_flag_and_the_classifier(small1_uri, small2_uri, tmp_path, capsys,
+                                                                              monkeypatch):
+    from metadist.algorithms import snail
+    from metadist.algorithms.snail import relabeled_support
+    from metadist.cli import main
+    from metadist.inference import FewShotClassifier
+
+    job = tiny_job(small1_uri, small2_uri, tmp_path, "algorithm.name=snail", "algorithm.eval_relabelings=3", "train.steps=2")
+    shifts: list[int] = []
+    monkeypatch.setattr(snail, "relabeled_support", lambda z, o, shift: shifts.append(shift) or relabeled_support(z, o, shift))
+    result = LocalTrainer(job, progress=False).run()
+    assert set(shifts) == {0, 1, 2}  # the final evaluation reads each task under 3 labellings
+    classifier = FewShotClassifier(ckpt_io.load(result.checkpoint_uri))
+    assert classifier.learner.eval_relabelings == 3
+    images = [np.roll(np.eye(28, dtype=np.uint8) * 255, 3 * i, axis=1) for i in range(5)]
+    shifts.clear()
+    assert len(classifier.predict(images, list("abcde"), images)) == 5
+    assert set(shifts) == {0, 1, 2}
+    for relabelings in ("1", "5"):
+        shifts.clear()
+        assert main(["eval", "--checkpoint", result.checkpoint_uri, "--episodes", "4", "--eval-relabelings", relabelings,
+                     "--json"]) == 0
+        assert "accuracy_after" in capsys.readouterr().out
+        assert set(shifts) == set(range(int(relabelings)))  # the flag reaches the learner evaluation builds
+    assert main(["eval", "--checkpoint", result.checkpoint_uri, "--eval-relabelings", "6"]) != 0
+    assert "algorithm.eval_relabelings 6: a 5-way task has 5 distinct relabelings" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="algorithm.eval_relabelings relabels SNAIL's support sequence; 'protonet'"):
+        apply_overrides(job, ["algorithm.name=protonet"])

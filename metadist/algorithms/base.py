@@ -81,6 +81,8 @@ class MetaLearner(ABC):
     # Test-time augmentation (algorithm.eval_shift): adapt_at_test and predict_at_test also see every example moved by
     # each offset within ±eval_shift pixels. Set by from_config; 0 is off.
     eval_shift: int = 0
+    # The AlgorithmConfig fields from_config copies onto the learner as attributes of the same name.
+    config_settings: tuple[str, ...] = ("eval_shift",)
 
     def __init__(self, model: torch.nn.Module, kind: str, *, inner_lr: float, inner_steps: int, eval_inner_steps: int) -> None:
         self.model = model
@@ -98,7 +100,8 @@ class MetaLearner(ABC):
             model, kind, inner_lr=config.inner_lr, inner_steps=config.inner_steps, eval_inner_steps=config.eval_inner_steps,
             **settings,
         )
-        learner.eval_shift = config.eval_shift
+        for name in cls.config_settings:
+            setattr(learner, name, getattr(config, name))
         return learner
 
     # -- parameters ------------------------------------------------------------------------------------------
@@ -218,12 +221,7 @@ class MetricLearner(MetaLearner):
 
     adapts_weights = False
     tasks_per_pass: int | None = None
-
-    @classmethod
-    def from_config(cls, config: "AlgorithmConfig", model: torch.nn.Module, kind: str, **settings) -> Self:
-        learner = super().from_config(config, model, kind, **settings)
-        learner.tasks_per_pass = config.tasks_per_pass
-        return learner
+    config_settings = (*MetaLearner.config_settings, "tasks_per_pass")
 
     @staticmethod
     def ways(support_y: torch.Tensor) -> int:

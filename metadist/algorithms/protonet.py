@@ -8,15 +8,10 @@ over the queries classified together (transductive_steps: soft k-means, Ren et a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Self
-
 import torch
 
 from metadist.algorithms.base import MetricLearner
 from metadist.algorithms.functional import Params, accuracy, over_tasks
-
-if TYPE_CHECKING:
-    from metadist.config import AlgorithmConfig
 
 
 def class_counts(support_y: torch.Tensor, ways: int) -> torch.Tensor:
@@ -51,12 +46,7 @@ class ProtoNet(MetricLearner):
     name = "protonet"
     # Soft k-means steps over the queries at test time (algorithm.transductive_steps); 0 is off.
     transductive_steps: int = 0
-
-    @classmethod
-    def from_config(cls, config: "AlgorithmConfig", model: torch.nn.Module, kind: str, **settings) -> Self:
-        learner = super().from_config(config, model, kind, **settings)
-        learner.transductive_steps = config.transductive_steps
-        return learner
+    config_settings = (*MetricLearner.config_settings, "transductive_steps")
 
     def _task_loss(self, params: Params, sx, sy, qx, qy, ways: int):
         protos = prototypes(self.forward(params, sx), sy, ways)

@@ -14,6 +14,10 @@ kernel 2 and dilations 1, 2, 4, ..., each with gated activations (tanh ⊙ sigmo
 input, and an AttentionBlock(d_k, d_v) appends a causally masked, scaled dot-product read of the sequence. Its
 meta-parameters are named "snail.<layer>" beside the embedding network's; all are learned by the query loss.
 
+At test time the support sequence is read in label order, as training presents it, and with eval_relabelings R > 1
+under R labellings of the task (class c labelled (c + r) mod N), the class probabilities averaged: causal reading
+makes the answer depend on where each class sits, and every labelling is one training could have drawn.
+
 Ways: the output layer has N logits, so a SNAIL learner classifies N-way tasks only (the job's data.episode.ways,
 which data.test_episode must share); any number of shots.
 """
@@ -118,10 +122,23 @@ class SnailHead(nn.Module):
         return self.output(queries)
 
 
+def relabeled_support(support_z: torch.Tensor, support_onehot: torch.Tensor, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One task's support sequence as training presents it after relabeling by `shift`: label y becomes
+    (y + shift) mod N, and the positions are ordered by the new label (stable: a class's examples keep their order).
+
+    support_z [S, D], support_onehot [S, N] → the same, reordered. Logit j of the relabeled task is class j − shift's."""
+    onehot = support_onehot.roll(shift, dims=-1)
+    order = onehot.argmax(-1).argsort(stable=True)
+    return support_z[order], onehot[order]
+
+
 class SNAIL(MetricLearner):
     name = "snail"
     extra_prefixes = (PREFIX,)
     needs_episode = True  # its output layer is sized by the episode's ways (metadist.algorithms.registry)
+    # Relabelings a test query's probabilities are averaged over (algorithm.eval_relabelings); 1 is off.
+    eval_relabelings: int = 1
+    config_settings = (*MetricLearner.config_settings, "eval_relabelings")
 
     def __init__(self, model: torch.nn.Module, kind: str, *, inner_lr: float, inner_steps: int, eval_inner_steps: int,
                  ways: int = 5, shots: int = 1) -> None:
@@ -191,4 +208,23 @@ class SNAIL(MetricLearner):
 
     def predict_at_test(self, meta_params: Params, adapted: Params, query_x) -> torch.Tensor:
         embed = lambda x: self._embed(meta_params, x)  # noqa: E731
-        return self._read(meta_params, adapted, self.embed_at_test(embed, query_x, together=False))
+        return self._read_relabeled(meta_params, adapted, self.embed_at_test(embed, query_x, together=False))
+
+    # -- evaluation: relabelings --------------------------------------------------------------------------------
+    # Causal reading makes SNAIL's answer depend on where in the sequence, and under which label, each class sits:
+    # the first class is read with no context, the last with all of it. Training draws a fresh labelling for every
+    # task, so every relabeling of a test task is one it could have been shown; the mean over several removes the
+    # part of the answer that comes from the labelling drawn.
+    def _read_relabeled(self, meta_params: Params, adapted: Params, query_z: torch.Tensor) -> torch.Tensor:
+        """Each task's query logits [T, Q, N] read after its support sequence ordered by label; with eval_relabelings
+        R > 1, the log of the class probabilities averaged over R relabelings of the task."""
+        logits = []
+        for shift in range(self.eval_relabelings):
+            support_z, onehot = over_tasks(relabeled_support, in_dims=(0, 0, None))(
+                adapted["support_z"], adapted["support_onehot"], shift
+            )
+            relabeled = self._read(meta_params, {"support_z": support_z, "support_onehot": onehot}, query_z)
+            logits.append(relabeled.roll(-shift, dims=-1))  # back to the task's own labels
+        if len(logits) == 1:
+            return logits[0]
+        return torch.stack([torch.softmax(one, dim=-1) for one in logits]).mean(0).log()

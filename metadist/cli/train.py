@@ -39,6 +39,8 @@ def add_commands(commands) -> None:
                     "job's algorithm.eval_shift)")
     ev.add_argument("--transductive-steps", type=int, help="protonet: soft k-means steps refining the prototypes over "
                     "each episode's queries (default: the job's algorithm.transductive_steps)")
+    ev.add_argument("--eval-relabelings", type=int, help="snail: class probabilities averaged over this many "
+                    "relabelings of each task (default: the job's algorithm.eval_relabelings)")
     ev.add_argument("--seed", type=int, help="episode seed (default: the job's)")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
     ev.set_defaults(handler=_eval)
@@ -108,6 +110,7 @@ def _eval(args) -> int:
         "--inner-steps": ("algorithm.eval_inner_steps", args.inner_steps),
         "--eval-shift": ("algorithm.eval_shift", args.eval_shift),
         "--transductive-steps": ("algorithm.transductive_steps", args.transductive_steps),
+        "--eval-relabelings": ("algorithm.eval_relabelings", args.eval_relabelings),
         "--seed": ("train.seed", args.seed),
     })  # fmt: skip
     source, episode = None, None

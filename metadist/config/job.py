@@ -247,6 +247,13 @@ class AlgorithmConfig(StrictModel):
         "same call, as transductive batch norm's already does. 0 = off; 2 on the long ProtoNet jobs (held out: +1.1 "
         "points 5-way with eval_shift 3, +5.0 at 20-way)",
     )
+    eval_relabelings: int = Field(
+        1, ge=1, le=20, description="snail at test time (evaluation, eval, predict, serve): a query's class "
+        "probabilities are the mean over this many relabelings of its task, relabeling r giving class c the label "
+        "(c + r) mod N and ordering the support sequence by label as training does, so that each class is read at as "
+        "many places of the sequence, under as many labels (at most the test ways). 1 = off (the support sequence "
+        "still ordered by label); costs this many passes of the SNAIL head, not of the embedding",
+    )
     inner_optimizer: InnerOptimizerName = Field(
         "sgd", description="Reptile and model averaging: the inner loop's optimizer. 'adam' is Reptile's recipe "
         "(β1 = 0, β2 = 0.999, its second moment carried from task to task as the paper's code does, inner_lr ≈ 0.001); "
@@ -599,6 +606,14 @@ class JobConfig(StrictModel):
         if self.algorithm.transductive_steps and self.algorithm.name != "protonet":
             raise ValueError(f"algorithm.transductive_steps refines ProtoNet's prototypes; {self.algorithm.name!r} has "
                              "none (set it to 0, or algorithm.name to 'protonet')")
+        if self.algorithm.eval_relabelings > 1:
+            if self.algorithm.name != "snail":
+                raise ValueError(f"algorithm.eval_relabelings relabels SNAIL's support sequence; {self.algorithm.name!r} "
+                                 "reads no sequence (set it to 1, or algorithm.name to 'snail')")
+            if self.algorithm.eval_relabelings > self.data.test_episode.ways:
+                raise ValueError(f"algorithm.eval_relabelings {self.algorithm.eval_relabelings}: a "
+                                 f"{self.data.test_episode.ways}-way task has {self.data.test_episode.ways} distinct "
+                                 "relabelings (data.test_episode.ways)")
         if self.data.kind == "regression":
             if metric:
                 raise ValueError(f"algorithm.name {self.algorithm.name!r} is a classifier; regression needs a weight-adapting algorithm")
